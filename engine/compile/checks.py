@@ -1,0 +1,164 @@
+"""Graph checks of a pipeline: needs, cycles, template references, routes, handlers, names.
+
+Each check takes the facts it needs and yields diagnostics; `compiler.py` runs all of them
+so a file's problems are reported together. Pure functions: no I/O, no stage code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel
+
+from engine.errors import Diagnostic
+from engine.spec.loader import SourceMap
+from engine.spec.models import PipelineSpec
+from engine.spec.types import ModelRef, ResourceRef
+from engine.spec.validation import closest
+from engine.template import Condition, Template
+
+__all__ = [
+    "Path",
+    "cycles",
+    "handler_problems",
+    "name_problems",
+    "reference_problems",
+    "route_problems",
+    "unknown_needs",
+    "walk_values",
+]
+
+Path = tuple[str | int, ...]
+
+
+def walk_values(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    """Every template, condition and model/resource name inside a validated config."""
+    if isinstance(value, Template | Condition | ModelRef | ResourceRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from walk_values(getattr(value, name), (*path, info.alias or name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from walk_values(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from walk_values(item, (*path, i))
+
+
+def unknown_needs(spec: PipelineSpec, source: SourceMap) -> Iterator[Diagnostic]:
+    for name, stage in spec.stages.items():
+        for i, need in enumerate(stage.needs):
+            path = ("stages", name, "needs", i)
+            if need == name:
+                yield source.diagnostic(f"stage '{name}' needs itself", path)
+            elif need not in spec.stages:
+                yield source.diagnostic(
+                    f"needs unknown stage '{need}'", path, hint=_did_you_mean(need, spec.stages)
+                )
+
+
+def cycles(graph: nx.DiGraph, source: SourceMap) -> Iterator[Diagnostic]:
+    """One diagnostic per strongly connected knot, printing a cycle through it."""
+    for component in nx.strongly_connected_components(graph):
+        if len(component) < 2:
+            continue
+        cycle = nx.find_cycle(graph.subgraph(component))
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        yield source.diagnostic(
+            "a cycle in `needs`: " + " → ".join(names),
+            ("stages", names[1], "needs"),
+            hint="needs must form a DAG; remove one of these dependencies",
+        )
+
+
+def reference_problems(
+    refs: Mapping[str, list[tuple[Path, frozenset[str]]]],
+    graph: nx.DiGraph,
+    source: SourceMap,
+) -> Iterator[Diagnostic]:
+    """A template may read `stages.X` only when X is upstream of the stage it belongs to."""
+    for owner, found in refs.items():
+        upstream = nx.ancestors(graph, owner) if owner in graph else set(graph.nodes)
+        for path, names in found:
+            for name in sorted(names):
+                if name not in graph:
+                    yield source.diagnostic(
+                        f"refers to unknown stage '{name}'", path,
+                        hint=_did_you_mean(name, graph.nodes),
+                    )
+                elif name not in upstream:
+                    yield source.diagnostic(
+                        f"refers to stage '{name}', which is not upstream of '{owner}'", path,
+                        hint=f"add '{name}' to stages.{owner}.needs",
+                    )
+
+
+def route_problems(
+    branches: Mapping[str, frozenset[str]], spec: PipelineSpec, source: SourceMap
+) -> Iterator[Diagnostic]:
+    for route, targets in branches.items():
+        for target in sorted(targets):
+            path = ("stages", route, "with")
+            if target not in spec.stages:
+                yield source.diagnostic(
+                    f"routes to unknown stage '{target}'", path,
+                    hint=_did_you_mean(target, spec.stages),
+                )
+            elif route not in spec.stages[target].needs:
+                yield source.diagnostic(
+                    f"routes to '{target}', which does not depend on '{route}'", path,
+                    hint=f"add '{route}' to stages.{target}.needs",
+                )
+
+
+def handler_problems(spec: PipelineSpec, graph: nx.DiGraph, source: SourceMap
+                     ) -> Iterator[Diagnostic]:
+    """`on_error: <stage>` names a handler: an existing stage, needed by nobody."""
+    for name, stage in spec.stages.items():
+        handler = stage.on_error
+        path = ("stages", name, "on_error")
+        if handler in ("fail", "continue"):
+            continue
+        if handler not in spec.stages:
+            yield source.diagnostic(
+                f"on_error names unknown stage '{handler}'", path,
+                hint=_did_you_mean(handler, [*spec.stages, "fail", "continue"]),
+            )
+        elif handler == name:
+            yield source.diagnostic("a stage cannot be its own on_error handler", path)
+        elif any(graph.successors(handler)):
+            yield source.diagnostic(
+                f"on_error handler '{handler}' is needed by other stages", path,
+                hint="a handler runs only in place of a failed stage; give it no dependents",
+            )
+        elif not set(spec.stages[handler].needs) <= nx.ancestors(graph, name):
+            yield source.diagnostic(
+                f"on_error handler '{handler}' needs stages that are not upstream of '{name}'",
+                path,
+            )
+
+
+def name_problems(found: list[tuple[Path, Any]], spec: PipelineSpec, source: SourceMap
+                  ) -> Iterator[Diagnostic]:
+    """Model and resource names used by stage configs must exist in the pipeline."""
+    for path, value in found:
+        if isinstance(value, ModelRef) and value not in spec.models:
+            yield source.diagnostic(
+                f"unknown model '{value}'", path, hint=_did_you_mean(value, spec.models, "models")
+            )
+        elif isinstance(value, ResourceRef) and value not in spec.resources:
+            yield source.diagnostic(
+                f"unknown resource '{value}'", path,
+                hint=_did_you_mean(value, spec.resources, "resources"),
+            )
+
+
+def _did_you_mean(word: str, choices: Any, section: str = "stages") -> str:
+    names = sorted(choices)
+    guess = closest(word, names)
+    if guess:
+        return f"did you mean '{guess}'?"
+    return f"{section} defined: {', '.join(names)}" if names else f"no {section} are defined"

@@ -1,0 +1,180 @@
+"""Spec + registry → `CompiledPipeline`, or a `SpecError` listing every problem in the file.
+
+Order: resolve each stage's type and validate its `with:` against that type's `Config`;
+build the DAG from `needs`; then check cycles, template references, routes, handlers, model
+and resource names and the input schema. Every check runs even when an earlier one failed
+(as far as its inputs allow), so one `engine validate` shows the whole list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jsonschema
+import networkx as nx
+from jsonschema.protocols import Validator
+
+from engine.compile import checks
+from engine.compile.pipeline import CompiledPipeline, CompiledStage
+from engine.errors import Diagnostic, PluginError, SpecError
+from engine.registry import Registry
+from engine.spec import LoadedSpec
+from engine.spec.loader import SourceMap
+from engine.spec.types import ModelRef, ResourceRef
+from engine.spec.validation import closest, validate
+from engine.stages.base import Setup, Stage
+from engine.template import Condition, Template
+
+__all__ = ["compile_pipeline"]
+
+_OUTPUT = "<output>"
+
+
+def compile_pipeline(
+    loaded: LoadedSpec, registry: Registry, env: Mapping[str, str] | None = None
+) -> CompiledPipeline:
+    spec, source = loaded.spec, loaded.source
+    errors: list[Diagnostic] = []
+    warnings: list[Diagnostic] = []
+    instances: dict[str, Stage[Any]] = {}
+    refs: dict[str, list[tuple[checks.Path, frozenset[str]]]] = {}
+    names: list[tuple[checks.Path, Any]] = []
+
+    for name, stage_spec in spec.stages.items():
+        path = ("stages", name)
+        instance = _instantiate(name, loaded, registry, errors)
+        found = list(checks.walk_values(instance.config, (*path, "with"))) if instance else []
+        if stage_spec.if_ is not None:
+            found.append(((*path, "if"), stage_spec.if_))
+        refs[name] = [(p, v.stage_refs) for p, v in found if isinstance(v, Template | Condition)]
+        names += [(p, v) for p, v in found if isinstance(v, ModelRef | ResourceRef)]
+        if instance is not None:
+            instances[name] = instance
+            warnings += [source.diagnostic(msg, (*path, "with", *sub), severity="warning")
+                         for msg, sub in instance.check()]
+
+    graph = _graph(loaded)
+    errors += checks.unknown_needs(spec, source)
+    knots = list(checks.cycles(graph, source))
+    errors += knots
+    output_refs = [(p, v.stage_refs) for p, v in checks.walk_values(spec.output, ("output",))
+                   if isinstance(v, Template)]
+    if not knots:
+        errors += checks.reference_problems({**refs, _OUTPUT: output_refs}, graph, source)
+        errors += checks.handler_problems(spec, graph, source)
+    branches = {n: s.branches() for n, s in instances.items() if s.branches()}
+    errors += checks.route_problems(branches, spec, source)
+    errors += checks.name_problems(names, spec, source)
+    validator = _input_validator(spec.input.schema_, source, errors)
+    if errors:
+        raise SpecError(errors + warnings)
+
+    handlers = {s.on_error for s in spec.stages.values()} - {"fail", "continue"}
+    used = {name for _, found in output_refs for name in found}
+    warnings += _unused_outputs(graph, instances, handlers, used, loaded)
+    assert validator is not None
+    return CompiledPipeline(
+        loaded=loaded,
+        graph=graph,
+        stages={n: _compiled(n, instances[n], graph, loaded, handlers) for n in spec.stages},
+        roots=tuple(n for n in spec.stages if not spec.stages[n].needs and n not in handlers),
+        sinks=tuple(n for n in spec.stages if graph.out_degree(n) == 0 and n not in handlers),
+        output=spec.output,
+        deadline=spec.defaults.timeout,
+        input_validator=validator,
+        env=dict(os.environ if env is None else env),
+        warnings=tuple(warnings),
+    )
+
+
+def _instantiate(
+    name: str, loaded: LoadedSpec, registry: Registry, errors: list[Diagnostic]
+) -> Stage[Any] | None:
+    """The stage object for `name`, or None after recording why it cannot be built."""
+    spec, source = loaded.spec, loaded.source
+    stage_spec = spec.stages[name]
+    path = ("stages", name)
+    if stage_spec.type not in registry:
+        guess = closest(stage_spec.type, registry.names())
+        known = f"known types: {', '.join(registry.names())}"
+        errors.append(source.diagnostic(
+            f"unknown stage type '{stage_spec.type}'", (*path, "type"),
+            hint=f"did you mean '{guess}'? {known}" if guess else known,
+        ))
+        return None
+    try:
+        cls = registry.get(stage_spec.type)
+    except PluginError as exc:
+        errors.append(source.diagnostic(str(exc), (*path, "type"),
+                                        hint="reinstall or fix the plugin that provides it"))
+        return None
+    config = validate(cls.Config, stage_spec.with_, source, (*path, "with"))
+    if isinstance(config, list):
+        errors += config
+        return None
+    try:
+        return cls(Setup(name, config, spec, loaded.base_dir))
+    except Exception as exc:  # a plugin's constructor bug must not hide the other errors
+        errors.append(source.diagnostic(
+            f"stage type '{stage_spec.type}' failed to set up: {type(exc).__name__}: {exc}",
+            path,
+        ))
+        return None
+
+
+def _graph(loaded: LoadedSpec) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    stages = loaded.spec.stages
+    graph.add_nodes_from(stages)
+    graph.add_edges_from(
+        (need, name) for name, s in stages.items() for need in s.needs if need in stages
+    )
+    return graph
+
+
+def _input_validator(schema: dict[str, Any], source: SourceMap, errors: list[Diagnostic]
+                     ) -> Validator | None:
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        path = ("input", "schema", *exc.absolute_path)
+        errors.append(source.diagnostic(f"not a valid JSON Schema: {exc.message}", path))
+        return None
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def _unused_outputs(graph: nx.DiGraph, instances: Mapping[str, Stage[Any]], handlers: set[str],
+                    used: set[str], loaded: LoadedSpec) -> Iterator[Diagnostic]:
+    """A sink nobody reads is legal but usually a wiring mistake."""
+    if loaded.spec.output is None:
+        return
+    for name in graph.nodes:
+        if graph.out_degree(name) or name in handlers or name in used:
+            continue
+        if instances[name].terminal:
+            continue
+        yield loaded.source.diagnostic(
+            f"the output of stage '{name}' is not used: nothing needs it and `output` "
+            "does not refer to it", ("stages", name), severity="warning",
+            hint=f"refer to it in `output` (stages.{name}.output) or remove the stage",
+        )
+
+
+def _compiled(name: str, stage: Stage[Any], graph: nx.DiGraph, loaded: LoadedSpec,
+              handlers: set[str]) -> CompiledStage:
+    spec = loaded.spec.stages[name]
+    return CompiledStage(
+        name=name,
+        type=spec.type,
+        stage=stage,
+        needs=tuple(dict.fromkeys(spec.needs)),
+        dependents=tuple(graph.successors(name)),
+        branches=stage.branches(),
+        condition=spec.if_,
+        timeout=spec.timeout,
+        on_error=spec.on_error,
+        is_handler=name in handlers,
+    )

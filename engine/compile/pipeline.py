@@ -1,0 +1,62 @@
+"""`CompiledPipeline`: the immutable, runnable form of a pipeline file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from engine.runtime.executor import run_record
+from engine.template import Condition
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+    from engine.errors import Diagnostic
+    from engine.results import RunResult
+    from engine.spec import LoadedSpec
+    from engine.stages.base import Stage
+
+__all__ = ["CompiledPipeline", "CompiledStage"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStage:
+    """A stage instance with everything the executor needs precomputed."""
+
+    name: str
+    type: str
+    stage: Stage[Any]
+    needs: tuple[str, ...]
+    dependents: tuple[str, ...]
+    branches: frozenset[str]
+    condition: Condition | None
+    timeout: float | None
+    on_error: str
+    is_handler: bool
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledPipeline:
+    """Built once, run for many records concurrently; holds no per-record state."""
+
+    loaded: LoadedSpec
+    graph: nx.DiGraph
+    stages: Mapping[str, CompiledStage]
+    roots: tuple[str, ...]
+    sinks: tuple[str, ...]
+    output: Any
+    deadline: float
+    input_validator: Validator
+    env: Mapping[str, str]
+    warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.name
+
+    async def run(self, record: Any, index: int = 0, record_id: Any = None) -> RunResult:
+        """Run one record (already validated against `input.schema`)."""
+        return await run_record(self, record, index, record_id)

@@ -1,0 +1,1 @@
+"""Running compiled pipelines: one record (`executor`), many records (`batch`)."""

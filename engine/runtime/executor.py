@@ -1,0 +1,232 @@
+"""Run one record through a compiled pipeline: a ready set over the DAG, on asyncio.
+
+A stage starts as soon as all its `needs` are settled. When exactly one stage is ready and
+nothing else runs, it is awaited inline (no task): linear chains, the common case, then cost
+no scheduling at all. Otherwise every ready stage becomes a task and the loop waits for the
+first to settle.
+
+Settling a stage releases its dependents. A dependent is *skipped* when a route did not
+select it, when its `if:` is false, or when all its needs were skipped; skips propagate the
+same way. A `Finish` ends the run, cancelling whatever still runs. A failure follows the
+stage's `on_error`: `fail` ends the run with an error, `continue` settles the stage with no
+output, and a stage name runs that handler in its place. The request deadline bounds the
+whole record; a stage's own `timeout` bounds that stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import StageTimeout
+from engine.results import Outcome, RunResult, StageEvent
+from engine.runtime.context import StageContext
+from engine.stages.base import Branch, Finish
+from engine.template import render_value
+
+if TYPE_CHECKING:
+    from engine.compile.pipeline import CompiledPipeline, CompiledStage
+
+__all__ = ["run_record"]
+
+_SKIPPED = object()
+"""What `step` returns for a stage that did not run (or whose failure ended the run)."""
+_SKIPPED_STATE: dict[str, Any] = {"output": None, "skipped": True}
+
+
+@dataclass(frozen=True, slots=True)
+class _Continued:
+    """A failed stage whose `on_error: continue` lets the run go on without its output."""
+
+    detail: str
+
+
+async def run_record(
+    pipeline: CompiledPipeline, record: Any, index: int = 0, record_id: Any = None
+) -> RunResult:
+    run = _RecordRun(pipeline, record)
+    try:
+        async with asyncio.timeout(pipeline.deadline):
+            await run.drive()
+    except TimeoutError:
+        run.fail_deadline()
+    return run.result(index, record_id)
+
+
+class _RecordRun:
+    """The state of one record's run. Lives for one `run_record` call."""
+
+    def __init__(self, pipeline: CompiledPipeline, record: Any) -> None:
+        self.pipeline = pipeline
+        self.started = time.perf_counter()
+        self.deadline = time.monotonic() + pipeline.deadline
+        self.states: dict[str, dict[str, Any]] = {}
+        self.scope = {"input": record, "stages": self.states, "env": pipeline.env}
+        self.events: list[StageEvent] = []
+        self.waiting = {name: len(stage.needs) for name, stage in pipeline.stages.items()}
+        self.deselected: set[str] = set()
+        self.ready = list(pipeline.roots)
+        self.running: dict[asyncio.Task[Any], str] = {}
+        self.finish: Finish | None = None
+        self.finished_by: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.output: Any = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish is not None or self.error is not None
+
+    async def drive(self) -> None:
+        try:
+            while not self.stopped:
+                if self.ready and not self.running and len(self.ready) == 1:
+                    name = self.ready.pop()
+                    self.settle(name, await self.step(self.pipeline.stages[name]))
+                    continue
+                for name in self.ready:
+                    self.running[asyncio.create_task(self.step(self.pipeline.stages[name]))] = name
+                self.ready.clear()
+                if not self.running:
+                    return
+                done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self.settle(self.running.pop(task), task.result())
+        finally:
+            await self.cancel_running()
+
+    async def cancel_running(self) -> None:
+        if not self.running:
+            return
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        now = self.now()
+        for name in self.running.values():
+            self.events.append(StageEvent(name, now, 0.0, "cancelled"))
+        self.running.clear()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
+
+    async def step(self, stage: CompiledStage) -> Any:
+        """Run one stage; returns its result, `_SKIPPED`, or a handled failure's result."""
+        if stage.condition is not None and not stage.condition.evaluate(self.scope):
+            self.events.append(StageEvent(stage.name, self.now(), 0.0, "skipped", "if: false"))
+            return _SKIPPED
+        ctx = StageContext(stage.name, self.scope, self.deadline)
+        start = self.now()
+        try:
+            result = await self._call(stage, ctx)
+        except Exception as exc:
+            return await self.failed(stage, ctx, start, exc)
+        outcome: Outcome = "finished" if isinstance(result, Finish) else "ok"
+        self.events.append(StageEvent(stage.name, start, self.now() - start, outcome, None,
+                                      ctx.notes))
+        return result
+
+    @staticmethod
+    async def _call(stage: CompiledStage, ctx: StageContext) -> Any:
+        if stage.timeout is None:
+            return await stage.stage.run(ctx)
+        scope = asyncio.timeout(stage.timeout)
+        try:
+            async with scope:
+                return await stage.stage.run(ctx)
+        except TimeoutError:
+            if scope.expired():
+                raise StageTimeout(
+                    stage.name, f"stage '{stage.name}' exceeded its {stage.timeout:g}s timeout"
+                ) from None
+            raise
+
+    async def failed(self, stage: CompiledStage, ctx: StageContext, start: float,
+                     exc: Exception) -> Any:
+        """Apply `on_error` to a stage failure; a handler's result stands in for the stage."""
+        outcome: Outcome = "timeout" if isinstance(exc, StageTimeout | TimeoutError) else "error"
+        detail = f"{type(exc).__name__}: {exc}"
+        if stage.on_error not in ("fail", "continue"):
+            outcome = "recovered"
+        self.events.append(StageEvent(stage.name, start, self.now() - start, outcome, detail,
+                                      ctx.notes))
+        if stage.on_error == "fail":
+            self.error = {"stage": stage.name, "type": type(exc).__name__, "message": str(exc)}
+            return _SKIPPED
+        if stage.on_error == "continue":
+            return _Continued(detail)
+        return await self.step(self.pipeline.stages[stage.on_error])
+
+    def settle(self, name: str, result: Any) -> None:
+        if self.stopped:
+            return
+        if isinstance(result, Finish):
+            self.states[name] = {"output": result.output, "skipped": False}
+            self.finish, self.finished_by = result, name
+            return
+        if result is _SKIPPED:
+            self.states[name] = _SKIPPED_STATE
+        elif isinstance(result, _Continued):
+            self.states[name] = {"output": None, "skipped": False, "error": result.detail}
+        elif isinstance(result, Branch):
+            self.states[name] = {"output": result.output, "skipped": False}
+            self.deselected.update(self.pipeline.stages[name].branches - result.to)
+        else:
+            self.states[name] = {"output": result, "skipped": False}
+        self.release(name)
+
+    def release(self, name: str) -> None:
+        for dependent in self.pipeline.stages[name].dependents:
+            self.waiting[dependent] -= 1
+            if self.waiting[dependent]:
+                continue
+            reason = self.skip_reason(dependent)
+            if reason is None:
+                self.ready.append(dependent)
+            else:
+                self.events.append(StageEvent(dependent, self.now(), 0.0, "skipped", reason))
+                self.states[dependent] = _SKIPPED_STATE
+                self.release(dependent)
+
+    def skip_reason(self, name: str) -> str | None:
+        if name in self.deselected:
+            return "not selected by the route"
+        needs = self.pipeline.stages[name].needs
+        if all(self.states[need]["skipped"] for need in needs):
+            return "all needs skipped"
+        return None
+
+    def fail_deadline(self) -> None:
+        running = ", ".join(self.running.values()) or "none"
+        self.error = {
+            "stage": None,
+            "type": "DeadlineExceeded",
+            "message": f"the request deadline of {self.pipeline.deadline:g}s passed "
+                       f"(stages still running: {running})",
+        }
+
+    def result(self, index: int, record_id: Any) -> RunResult:
+        duration = time.perf_counter() - self.started
+        if self.error is None and self.finish is None:
+            self.render_output()
+        if self.error is not None:
+            return RunResult(index, record_id, "error", error=self.error, duration=duration,
+                             events=self.events)
+        if self.finish is not None:
+            return RunResult(index, record_id, "finished", self.finish.output, None,
+                             self.finished_by, self.finish.handed_off, duration, self.events)
+        return RunResult(index, record_id, "ok", self.output, duration=duration,
+                         events=self.events)
+
+    def render_output(self) -> None:
+        pipeline = self.pipeline
+        try:
+            if pipeline.output is not None:
+                self.output = render_value(pipeline.output, self.scope)
+                return
+            ran = {n: self.states[n]["output"] for n in pipeline.sinks
+                   if not self.states.get(n, _SKIPPED_STATE)["skipped"]}
+            self.output = next(iter(ran.values())) if len(ran) == 1 else ran
+        except Exception as exc:
+            self.error = {"stage": None, "type": type(exc).__name__,
+                          "message": f"rendering `output` failed: {exc}"}

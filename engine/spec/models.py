@@ -1,0 +1,116 @@
+"""The pipeline file format, version 1, as frozen pydantic models.
+
+These models hold the core keys only. A stage's `with:` block stays a plain mapping here:
+it is validated by the compiler against that stage type's own `Config`, because the set of
+stage types is only known once the registry has been read (plugins included).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from engine.spec.types import Duration, StageName
+from engine.template import ConditionStr, TemplateValue
+
+__all__ = [
+    "Breaker",
+    "Defaults",
+    "InputSpec",
+    "ModelTier",
+    "PipelineSpec",
+    "Price",
+    "Resource",
+    "Retry",
+    "StageSpec",
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Price(_Spec):
+    """USD per one million tokens; overrides litellm's cost map for this tier."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class ModelTier(_Spec):
+    """A named model tier; `model` is any litellm model string (`openai/gpt-4o`, `local/kb`)."""
+
+    model: str = Field(min_length=1)
+    timeout: Duration | None = None
+    price: Price | None = None
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Retry(_Spec):
+    attempts: int = Field(3, ge=1, le=20)
+    backoff: Duration = 1.0
+    max_backoff: Duration = 8.0
+    jitter: Literal["full", "equal", "none"] = "full"
+
+
+class Breaker(_Spec):
+    """Circuit breaker per model, with resilience4j's sliding-window semantics."""
+
+    window: int = Field(20, ge=1)
+    min_calls: int = Field(10, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    cooldown: Duration = 30.0
+    half_open_calls: int = Field(3, ge=1)
+
+
+class Defaults(_Spec):
+    timeout: Duration = Field(30.0, description="the whole-request deadline")
+    retry: Retry = Field(default_factory=Retry)
+    breaker: Breaker = Field(default_factory=Breaker)
+
+
+class Resource(BaseModel):
+    """A shared, long-lived thing (cache, index, store); its settings belong to its type."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    type: str = Field(min_length=1)
+
+
+class InputSpec(_Spec):
+    schema_: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"},
+        alias="schema",
+        description="JSON Schema of one input record",
+    )
+
+
+class StageSpec(_Spec):
+    type: str = Field(min_length=1, description="a registered stage type")
+    needs: list[StageName] = Field(default_factory=list)
+    if_: ConditionStr | None = Field(None, alias="if")
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    timeout: Duration | None = None
+    on_error: str = Field(
+        "fail", description="fail, continue, or the name of a stage to run instead"
+    )
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class PipelineSpec(_Spec):
+    version: Literal[1]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="lower-case slug")
+    description: str = ""
+    models: dict[str, ModelTier] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    resources: dict[str, Resource] = Field(default_factory=dict)
+    input: InputSpec = Field(default_factory=InputSpec)
+    stages: dict[StageName, StageSpec] = Field(min_length=1)
+    output: TemplateValue = None

@@ -1,0 +1,89 @@
+"""Small value types shared by the pipeline models and the stage configs.
+
+`ModelRef` and `ResourceRef` are `str` subclasses on purpose: a stage's `Config` declares a
+field as one of them, and the compiler finds every such value in a validated config and checks
+it against the pipeline's `models:` / `resources:` — no stage has to do that by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, PlainValidator, WithJsonSchema
+
+__all__ = ["Duration", "ModelRef", "ModelRefStr", "ResourceRef", "ResourceRefStr", "StageName",
+           "parse_duration"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(value: Any) -> float:
+    """`250ms`, `10s`, `2m`, `1h`, `1d`, or a bare number of seconds → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match[1]) * _UNITS[match[2]]
+    raise ValueError("expected a duration such as 250ms, 10s, 2m or 1h")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _DURATION.pattern},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "a duration: 250ms, 10s, 2m, 1h, 1d, or seconds",
+        }
+    ),
+]
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        fixed = re.sub(r"\W", "_", value)
+        raise ValueError(
+            f"'{value}' is not a valid name: use letters, digits and _ "
+            f"(templates refer to it as stages.{fixed})"
+        )
+    return value
+
+
+StageName = Annotated[str, AfterValidator(_identifier)]
+
+
+class ModelRef(str):
+    """The name of an entry of the pipeline's `models:`."""
+
+    __slots__ = ()
+
+
+class ResourceRef(str):
+    """The name of an entry of the pipeline's `resources:`."""
+
+    __slots__ = ()
+
+
+def _ref(kind: type[str], what: str) -> Any:
+    def validate(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected the name of one of the pipeline's {what}")
+        return kind(value)
+
+    return validate
+
+
+ModelRefStr = Annotated[ModelRef, PlainValidator(_ref(ModelRef, "models")),
+                        WithJsonSchema({"type": "string", "description": "a name from models:"})]
+ResourceRefStr = Annotated[
+    ResourceRef,
+    PlainValidator(_ref(ResourceRef, "resources")),
+    WithJsonSchema({"type": "string", "description": "a name from resources:"}),
+]

@@ -1,0 +1,92 @@
+"""`route`: choose which downstream branches run — by condition, or by sticky weights.
+
+Conditional: the first rule whose `when` is true wins; a rule without `when` is the default.
+Weighted (A/B splits, canaries): `key` is rendered per record and hashed with the stage name,
+so the same key always takes the same branch and the shares converge to the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from engine.runtime.context import StageContext
+from engine.spec.types import StageName
+from engine.stages.base import Branch, Setup, Stage, StageConfig
+from engine.template import ConditionStr, TemplateStr
+
+
+class Rule(StageConfig):
+    when: ConditionStr | None = None
+    weight: float | None = Field(None, gt=0)
+    to: list[StageName] = Field(min_length=1, description="the stage(s) this rule selects")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RouteConfig(StageConfig):
+    routes: list[Rule] = Field(min_length=1)
+    key: TemplateStr | None = Field(None, description="weighted routing: the sticky key")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RouteConfig:
+        weighted = [rule.weight is not None for rule in self.routes]
+        if self.key is not None and not all(weighted):
+            raise ValueError("with `key`, every rule needs a `weight` (weighted routing)")
+        if self.key is None and any(weighted):
+            raise ValueError(
+                "weighted rules need a `key` to stay sticky, e.g. '{{ input.user_id }}'"
+            )
+        if self.key is not None and any(rule.when is not None for rule in self.routes):
+            raise ValueError("a rule has either `when` (conditional) or `weight` (weighted)")
+        return self
+
+
+class RouteStage(Stage[RouteConfig]):
+    Config = RouteConfig
+
+    def __init__(self, setup: Setup[RouteConfig]) -> None:
+        super().__init__(setup)
+        weights = [rule.weight or 0.0 for rule in self.config.routes]
+        self._bounds = list(itertools.accumulate(weights))
+
+    def branches(self) -> frozenset[str]:
+        return frozenset(name for rule in self.config.routes for name in rule.to)
+
+    def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
+        rules = self.config.routes
+        if self.config.key is None and rules[-1].when is not None:
+            yield "no default rule: a record that matches no `when` skips every branch", (
+                "routes", len(rules) - 1)
+        for i, rule in enumerate(rules[:-1]):
+            if self.config.key is None and rule.when is None:
+                yield "rules after a rule without `when` are never reached", ("routes", i)
+
+    async def run(self, ctx: StageContext) -> Branch:
+        rule = self._weighted(ctx) if self.config.key is not None else self._first_true(ctx)
+        if rule is None:
+            return Branch({"to": []}, frozenset())
+        return Branch({"to": list(rule.to)}, frozenset(rule.to))
+
+    def _first_true(self, ctx: StageContext) -> Rule | None:
+        for rule in self.config.routes:
+            if rule.when is None or ctx.evaluate(rule.when):
+                return rule
+        return None
+
+    def _weighted(self, ctx: StageContext) -> Rule:
+        assert self.config.key is not None
+        key = str(ctx.render(self.config.key))
+        digest = hashlib.blake2b(f"{self.name}\0{key}".encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / 2**64 * self._bounds[-1]
+        for rule, upper in zip(self.config.routes, self._bounds, strict=True):
+            if point < upper:
+                return rule
+        return self.config.routes[-1]
