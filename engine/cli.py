@@ -1,0 +1,119 @@
+"""The `engine` command: verbs wired to the functions in `engine.commands`.
+
+This is the only place that calls `asyncio.run` (through `engine run`). Every verb returns its
+exit code; `main(argv)` returns it too, so tests call the CLI without a subprocess. Heavy
+libraries are imported by the stages that need them, never here: `engine --help` and
+`engine validate` stay fast.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="engine",
+    help="Declarative LLM pipelines for production: guard, cache, classify, route, generate "
+    "and validate — described in one YAML file.\n\n"
+    "Start with `engine validate pipelines/*.yaml`, then `engine run FILE --set key=value`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+PipelineFile = Annotated[Path, typer.Argument(help="A pipeline YAML file.", show_default=False)]
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Pipeline files (globs are fine).")],
+) -> int:
+    """Compile pipelines without running them; report every problem with file:line:col.
+
+    Exit code 0 when all are valid (warnings allowed), 2 otherwise.
+    """
+    from engine.commands.validate import validate as command
+
+    return command(files)
+
+
+@app.command()
+def run(
+    file: PipelineFile,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="JSONL records, one per line ('-' for stdin).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write result lines (default: stdout).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="One record from key=value pairs, e.g. --set ticket='Hi'.")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-c", min=1, help="Records in flight at once.")] = 16,
+    trace: Annotated[bool, typer.Option(
+        "--trace", help="Print each record's stage timeline to stderr.")] = False,
+) -> int:
+    """Run records through a pipeline: exactly one result line per input record.
+
+    Exit code 0 when every record succeeded, 1 when some errored, 2 for a bad pipeline or
+    command line, 130 when interrupted (finished records are kept).
+    """
+    from engine.commands.run import run as command
+
+    return command(file, input, output, set_ or [], concurrency, trace)
+
+
+@app.command()
+def graph(
+    file: PipelineFile,
+    format: Annotated[GraphFormat, typer.Option(
+        "--format", "-f", help="mermaid (paste into Markdown) or dot (Graphviz).")
+    ] = GraphFormat.mermaid,
+) -> int:
+    """Print the pipeline's DAG: needs as arrows, route branches and on_error dashed."""
+    from engine.commands.graph import graph as command
+
+    return command(file, format.value)
+
+
+@app.command()
+def plugins() -> int:
+    """List the stage types found (built-ins and plugins) with their config fields."""
+    from engine.commands.plugins import plugins as command
+
+    return command()
+
+
+@app.command()
+def schema(
+    builtin_only: Annotated[bool, typer.Option(
+        "--builtin-only", help="Leave out stage types from installed plugins.")] = False,
+) -> int:
+    """Print the JSON Schema of pipeline files (for editors: yaml-language-server)."""
+    from engine.commands.schema import schema as command
+
+    return command(builtin_only)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of exiting."""
+    try:
+        result = app(args=argv, prog_name="engine", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        return 130
+    return result if isinstance(result, int) else 0

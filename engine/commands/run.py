@@ -1,0 +1,140 @@
+"""`engine run`: one record (`--set`) or a JSONL batch through a pipeline.
+
+Results are JSON lines on `--output` (or stdout), written as records complete, one per input
+record. Progress, `--trace` timelines and the summary go to stderr, so stdout stays data.
+Exit codes: 0 every record ok, 1 some records errored, 2 the spec or command line is wrong,
+130 interrupted (what was done is flushed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine.commands import (
+    EXIT_BAD_SPEC,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RECORD_ERRORS,
+    print_diagnostics,
+    stderr,
+)
+from engine.compile import CompiledPipeline, compile_file
+from engine.errors import SpecError
+from engine.observe.summary import Summary
+from engine.observe.timeline import timeline
+from engine.results import RunResult
+from engine.runtime.batch import InputRecord, read_jsonl, run_batch
+
+
+class _UsageError(Exception):
+    """A wrong command line: reported in one line, exit code 2."""
+
+
+def run(file: Path, input_path: str | None, output_path: Path | None, sets: list[str],
+        concurrency: int, trace: bool) -> int:
+    err = stderr()
+    try:
+        pipeline = compile_file(file)
+    except SpecError as exc:
+        print_diagnostics(err, exc.diagnostics)
+        return EXIT_BAD_SPEC
+    print_diagnostics(err, pipeline.warnings)
+    try:
+        with _inputs(pipeline, input_path, sets) as (items, total), _output(output_path) as out:
+            summary = asyncio.run(_execute(pipeline, items, total, out, concurrency, trace, err))
+    except _UsageError as exc:
+        err.print(f"error: {exc}", style="red", markup=False)
+        return EXIT_BAD_SPEC
+    for table in summary.tables():
+        err.print(table)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_RECORD_ERRORS if summary.errored else EXIT_OK
+
+
+async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], total: int | None,
+                   out: IO[str], concurrency: int, trace: bool, err: Console) -> Summary:
+    summary = Summary()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=not err.is_terminal or total == 1) as progress:
+        task = progress.add_task(pipeline.name, total=total)
+
+        def sink(result: RunResult) -> None:
+            out.write(json.dumps(result.to_json(), ensure_ascii=False, default=str) + "\n")
+            out.flush()
+            summary.add(result)
+            if trace:
+                progress.console.print(timeline(result), markup=False)
+            progress.advance(task)
+
+        try:
+            await run_batch(pipeline, items, sink, concurrency)
+        except asyncio.CancelledError:
+            summary.interrupted = True
+    return summary
+
+
+@contextlib.contextmanager
+def _inputs(pipeline: CompiledPipeline, input_path: str | None, sets: list[str]
+            ) -> Iterator[tuple[Iterator[InputRecord], int | None]]:
+    if sets and input_path:
+        raise _UsageError("give either --set or --input, not both")
+    if sets:
+        yield iter([InputRecord(0, _record_from_sets(pipeline, sets))]), 1
+        return
+    if input_path is None and sys.stdin.isatty():
+        raise _UsageError("no input: give --set key=value, --input records.jsonl, or pipe JSONL")
+    if input_path in (None, "-"):
+        yield read_jsonl(sys.stdin.buffer, "<stdin>"), None
+        return
+    path = Path(input_path)  # type: ignore[arg-type]
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise _UsageError(f"cannot read --input {path}: {exc.strerror}") from None
+    with handle:
+        total = sum(1 for line in handle if line.strip())
+        handle.seek(0)
+        yield read_jsonl(handle, str(path)), total
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        handle = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise _UsageError(f"cannot write --output {path}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def _record_from_sets(pipeline: CompiledPipeline, sets: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs → a record; values are JSON unless the schema says string."""
+    properties = pipeline.loaded.spec.input.schema_.get("properties", {})
+    record: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--set expects key=value, got {item!r}")
+        record[key] = raw if properties.get(key, {}).get("type") == "string" else _json_or(raw)
+    return record
+
+
+def _json_or(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

@@ -1,0 +1,1 @@
+"""Sinks of run results: the CLI summary and timelines (metrics, traces and audit come later)."""
