@@ -12,7 +12,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 __all__ = ["app", "main"]
@@ -109,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:
         result = app(args=argv, prog_name="engine", standalone_mode=False)
-    except click.UsageError as exc:
-        exc.show()
-        return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         return 130
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value...
+        exc.show()  # type: ignore[attr-defined]
+        return 2
     return result if isinstance(result, int) else 0

@@ -79,12 +79,15 @@ async def run_batch(
     """Run every item with at most `concurrency` records in flight; `sink` gets each result.
 
     A fixed pool of workers pulls from one shared iterator (safe: one thread), which keeps
-    memory flat for inputs of any length and costs no task per record.
+    memory flat for inputs of any length and costs no task per record. Each worker yields to
+    the event loop after a record: stages that never await (templates, routes) would
+    otherwise run the whole batch in one loop step, deaf to Ctrl-C and starving the others.
     """
     source = iter(items)
 
     async def worker() -> None:
         for item in source:
             sink(await run_input(pipeline, item))
+            await asyncio.sleep(0)
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))

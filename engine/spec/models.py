@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from engine.spec.types import Duration, StageName
+from engine.spec.types import Duration, StageName, StageNames
 from engine.template import ConditionStr, TemplateValue
 
 __all__ = [
@@ -90,18 +90,13 @@ class InputSpec(_Spec):
 
 class StageSpec(_Spec):
     type: str = Field(min_length=1, description="a registered stage type")
-    needs: list[StageName] = Field(default_factory=list)
+    needs: StageNames = Field(default_factory=list)
     if_: ConditionStr | None = Field(None, alias="if")
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     timeout: Duration | None = None
     on_error: str = Field(
         "fail", description="fail, continue, or the name of a stage to run instead"
     )
-
-    @field_validator("needs", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class PipelineSpec(_Spec):

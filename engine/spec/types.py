@@ -12,22 +12,33 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, PlainValidator, WithJsonSchema
 
-__all__ = ["Duration", "ModelRef", "ModelRefStr", "ResourceRef", "ResourceRefStr", "StageName",
-           "parse_duration"]
+__all__ = [
+    "Duration",
+    "ModelRef",
+    "ModelRefStr",
+    "ResourceRef",
+    "ResourceRefStr",
+    "StageName",
+    "StageNames",
+    "parse_duration",
+]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_duration(value: Any) -> float:
-    """`250ms`, `10s`, `2m`, `1h`, `1d`, or a bare number of seconds → seconds."""
+    """`250ms`, `10s`, `2m`, `1h`, `1d`, or a bare number of seconds → seconds.
+
+    A number written as a string (`"30"`) counts as seconds too: that is what a
+    `${TIMEOUT}` reference produces, since environment values are always strings."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match[1]) * _UNITS[match[2]]
+            return float(match[1]) * _UNITS[match[2] or "s"]  # "30" from ${VAR} too
     raise ValueError("expected a duration such as 250ms, 10s, 2m or 1h")
 
 
@@ -48,15 +59,31 @@ Duration = Annotated[
 
 def _identifier(value: str) -> str:
     if not _IDENTIFIER.match(value):
-        fixed = re.sub(r"\W", "_", value)
         raise ValueError(
-            f"'{value}' is not a valid name: use letters, digits and _ "
-            f"(templates refer to it as stages.{fixed})"
+            f"'{value}' is not a valid name: use letters, digits and _, not starting with "
+            "a digit (templates refer to a stage as stages.<name>)"
         )
     return value
 
 
 StageName = Annotated[str, AfterValidator(_identifier)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+StageNames = Annotated[
+    list[StageName],
+    BeforeValidator(_one_or_many),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "a stage name, or a list of them",
+        }
+    ),
+]
+"""`needs: a` or `needs: [a, b]`; kept as a list."""
 
 
 class ModelRef(str):

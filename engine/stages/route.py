@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable
-from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from engine.runtime.context import StageContext
-from engine.spec.types import StageName
+from engine.spec.types import StageNames
 from engine.stages.base import Branch, Setup, Stage, StageConfig
 from engine.template import ConditionStr, TemplateStr
 
@@ -23,12 +22,7 @@ from engine.template import ConditionStr, TemplateStr
 class Rule(StageConfig):
     when: ConditionStr | None = None
     weight: float | None = Field(None, gt=0)
-    to: list[StageName] = Field(min_length=1, description="the stage(s) this rule selects")
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    to: StageNames = Field(min_length=1, description="the stage(s) this rule selects")
 
 
 class RouteConfig(StageConfig):
@@ -62,7 +56,7 @@ class RouteStage(Stage[RouteConfig]):
 
     def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
         rules = self.config.routes
-        if self.config.key is None and rules[-1].when is not None:
+        if self.config.key is None and all(rule.when is not None for rule in rules):
             yield "no default rule: a record that matches no `when` skips every branch", (
                 "routes", len(rules) - 1)
         for i, rule in enumerate(rules[:-1]):
