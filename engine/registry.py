@@ -8,6 +8,7 @@ plugin becomes a `PluginError` naming it; the other stage types keep working.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Registry:
     def of(cls, classes: Mapping[str, type[Stage[BaseModel]]]) -> Registry:
         """A registry of explicit classes — for tests and embedding."""
         return cls(
-            StageType(name, f"{c.__module__}:{c.__qualname__}", (lambda c=c: c))
+            StageType(name, f"{c.__module__}:{c.__qualname__}", functools.partial(_same, c))
             for name, c in classes.items()
         )
 
@@ -89,6 +90,10 @@ class Registry:
             ) from exc
         self._loaded[name] = _checked(name, stage_type.origin, loaded)
         return self._loaded[name]
+
+
+def _same(obj: object) -> object:
+    return obj
 
 
 def _from_entry_point(ep: EntryPoint) -> StageType:

@@ -97,7 +97,7 @@ def _inputs(pipeline: CompiledPipeline, input_path: str | None, sets: list[str]
     if input_path in (None, "-"):
         yield read_jsonl(sys.stdin.buffer, "<stdin>"), None
         return
-    path = Path(input_path)  # type: ignore[arg-type]
+    path = Path(input_path)
     try:
         handle = path.open("rb")
     except OSError as exc:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import StageTimeout
+from engine.errors import StageError, StageTimeout
 from engine.results import Outcome, RunResult, StageEvent
 from engine.runtime.context import StageContext
 from engine.stages.base import Branch, Finish
@@ -69,6 +69,9 @@ class _RecordRun:
         self.deselected: set[str] = set()
         self.ready = list(pipeline.roots)
         self.running: dict[asyncio.Task[Any], str] = {}
+        self.active: dict[str, float] = {}
+        """Stages whose `run` is under way (inline, in a task, or a handler) → start time."""
+        self.interrupted: list[str] = []
         self.finish: Finish | None = None
         self.finished_by: str | None = None
         self.error: dict[str, Any] | None = None
@@ -97,30 +100,46 @@ class _RecordRun:
             await self.cancel_running()
 
     async def cancel_running(self) -> None:
-        if not self.running:
-            return
+        """Cancel the tasks still running; every stage cut short gets a `cancelled` event.
+
+        `active`, not `running`, names them: a stage awaited inline has no task, and a handler
+        runs inside the task of the stage it stands in for.
+        """
         for task in self.running:
             task.cancel()
-        await asyncio.gather(*self.running, return_exceptions=True)
-        now = self.now()
-        for name in self.running.values():
-            self.events.append(StageEvent(name, now, 0.0, "cancelled"))
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
         self.running.clear()
+        now = self.now()
+        for name, start in self.active.items():
+            self.events.append(StageEvent(name, start, now - start, "cancelled"))
+        self.interrupted = list(self.active)
+        self.active.clear()
 
     def now(self) -> float:
         return time.perf_counter() - self.started
 
     async def step(self, stage: CompiledStage) -> Any:
         """Run one stage; returns its result, `_SKIPPED`, or a handled failure's result."""
-        if stage.condition is not None and not stage.condition.evaluate(self.scope):
-            self.events.append(StageEvent(stage.name, self.now(), 0.0, "skipped", "if: false"))
-            return _SKIPPED
         ctx = StageContext(stage.name, self.scope, self.deadline)
         start = self.now()
+        if stage.condition is not None:
+            try:
+                wanted = stage.condition.evaluate(self.scope)
+            except Exception as exc:  # a broken `if:` is this stage's failure, not a crash
+                error = StageError(stage.name, f"evaluating `if:` failed: "
+                                               f"{type(exc).__name__}: {exc}")
+                return await self.failed(stage, ctx, start, error)
+            if not wanted:
+                self.events.append(StageEvent(stage.name, start, 0.0, "skipped", "if: false"))
+                return _SKIPPED
+        self.active[stage.name] = start
         try:
             result = await self._call(stage, ctx)
         except Exception as exc:
+            self.active.pop(stage.name, None)
             return await self.failed(stage, ctx, start, exc)
+        self.active.pop(stage.name, None)  # pop: one handler may stand in for two stages
         outcome: Outcome = "finished" if isinstance(result, Finish) else "ok"
         self.events.append(StageEvent(stage.name, start, self.now() - start, outcome, None,
                                       ctx.notes))
@@ -155,7 +174,12 @@ class _RecordRun:
             return _SKIPPED
         if stage.on_error == "continue":
             return _Continued(detail)
-        return await self.step(self.pipeline.stages[stage.on_error])
+        handler = self.pipeline.stages[stage.on_error]
+        result = await self.step(handler)
+        if isinstance(result, Finish) and not self.stopped:
+            # The handler ended the run, so it is the one `finished_by` names.
+            self.finish, self.finished_by = result, handler.name
+        return result
 
     def settle(self, name: str, result: Any) -> None:
         if self.stopped:
@@ -177,6 +201,8 @@ class _RecordRun:
 
     def release(self, name: str) -> None:
         for dependent in self.pipeline.stages[name].dependents:
+            if self.pipeline.stages[dependent].is_handler:
+                continue  # a handler runs only in place of a failed stage (see `failed`)
             self.waiting[dependent] -= 1
             if self.waiting[dependent]:
                 continue
@@ -197,7 +223,7 @@ class _RecordRun:
         return None
 
     def fail_deadline(self) -> None:
-        running = ", ".join(self.running.values()) or "none"
+        running = ", ".join(self.interrupted) or "none"
         self.error = {
             "stage": None,
             "type": "DeadlineExceeded",
