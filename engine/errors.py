@@ -5,7 +5,7 @@ EngineError                 anything engine raises on purpose
 ├── SpecError               the pipeline file is wrong; carries every Diagnostic found
 ├── PluginError             a stage type could not be loaded (named, with the cause)
 └── StageError              a stage failed while running one record
-    └── StageTimeout        it ran past its own timeout or the request deadline
+    └── StageTimeout        it ran past its own `timeout`
 ```
 
 A `Diagnostic` is a breadcrumb (file → line:col → YAML path → problem → hint). The CLI
@@ -95,4 +95,5 @@ class StageError(EngineError):
 
 
 class StageTimeout(StageError):
-    """A stage ran out of time: its own `timeout`, or the request deadline."""
+    """A stage ran past its own `timeout`. (The request deadline ends the whole record
+    instead: its result's error type is `DeadlineExceeded`.)"""

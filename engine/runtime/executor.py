@@ -121,7 +121,10 @@ class _RecordRun:
 
     async def step(self, stage: CompiledStage) -> Any:
         """Run one stage; returns its result, `_SKIPPED`, or a handled failure's result."""
-        ctx = StageContext(stage.name, self.scope, self.deadline)
+        deadline = self.deadline
+        if stage.timeout is not None:
+            deadline = min(deadline, time.monotonic() + stage.timeout)
+        ctx = StageContext(stage.name, self.scope, deadline)
         start = self.now()
         if stage.condition is not None:
             try:
@@ -192,6 +195,7 @@ class _RecordRun:
             self.states[name] = _SKIPPED_STATE
         elif isinstance(result, _Continued):
             self.states[name] = {"output": None, "skipped": False, "error": result.detail}
+            self.deselected.update(self.pipeline.stages[name].branches)  # it selected nothing
         elif isinstance(result, Branch):
             self.states[name] = {"output": result.output, "skipped": False}
             self.deselected.update(self.pipeline.stages[name].branches - result.to)

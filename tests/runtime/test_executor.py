@@ -345,6 +345,20 @@ SHAPES = [
         {"boom": "error", "fine": "ok"}, output={"boom": None, "fine": "F"},
     ),
     Shape(
+        "failed_route_with_continue_selects_no_branch",
+        """
+        stages:
+          pick:
+            type: route
+            on_error: continue
+            with: {routes: [{when: "1 // input.zero > 0", to: a}, {to: b}]}
+          a: {type: template, needs: [pick], with: {output: A}}
+          b: {type: template, needs: [pick], with: {output: B}}
+        """,
+        {"pick": "error", "a": "skipped", "b": "skipped"}, record={"zero": 0}, output={},
+        details={"a": "not selected", "b": "not selected"},
+    ),
+    Shape(
         "on_error_handler_output_stands_in",
         """
         stages:

@@ -112,6 +112,16 @@ stages:
     assert 0 < result.output <= 30
 
 
+async def test_a_stage_timeout_shrinks_the_budget_the_stage_sees() -> None:
+    pipeline = compile_text(HEADER + """
+defaults: {timeout: 30s}
+stages:
+  budget: {type: remaining, timeout: 2s}
+""", {"remaining": _Remaining})
+    result = await pipeline.run({})
+    assert 0 < result.output <= 2
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 
