@@ -20,7 +20,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    nodes,
+)
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
 
@@ -43,7 +50,7 @@ _MARKUP = ("{{", "{%", "{#")
 @functools.cache
 def _environment(strict: bool) -> ImmutableSandboxedEnvironment:
     """One sandbox per undefined-policy; sandboxed because templates come from YAML files."""
-    undefined = StrictUndefined if strict else Undefined
+    undefined = StrictUndefined if strict else ChainableUndefined
     return ImmutableSandboxedEnvironment(undefined=undefined, autoescape=False)
 
 
@@ -121,14 +128,18 @@ class Condition:
         self.source = source
         expr = _SINGLE_EXPRESSION.match(source)
         text = expr["expr"] if expr else source
-        self.stage_refs = _stage_refs(_parse("{{ " + text + " }}", strict=False))
         try:
             self._expression = _environment(strict=False).compile_expression(text)
         except TemplateSyntaxError as exc:
             raise ValueError(f"condition syntax error: {exc.message}") from None
+        self.stage_refs = _stage_refs(_parse("{{ " + text + " }}", strict=False))
 
     def evaluate(self, scope: Mapping[str, Any]) -> bool:
-        return bool(self._expression(**scope))
+        """True or false; anything missing on the way (`input.vip.level > 2`) makes it false."""
+        try:
+            return bool(self._expression(**scope))
+        except UndefinedError:
+            return False
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"

@@ -123,9 +123,11 @@ def handler_problems(spec: PipelineSpec, graph: nx.DiGraph, source: SourceMap
         if handler in ("fail", "continue"):
             continue
         if handler not in spec.stages:
+            guess = closest(handler, [*spec.stages, "fail", "continue"])
             yield source.diagnostic(
                 f"on_error names unknown stage '{handler}'", path,
-                hint=_did_you_mean(handler, [*spec.stages, "fail", "continue"]),
+                hint=f"did you mean '{guess}'?" if guess else
+                "use fail, continue, or one of the stages: " + ", ".join(sorted(spec.stages)),
             )
         elif handler == name:
             yield source.diagnostic("a stage cannot be its own on_error handler", path)

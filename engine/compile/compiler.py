@@ -137,13 +137,13 @@ def _graph(loaded: LoadedSpec) -> nx.DiGraph:
 def _input_validator(schema: dict[str, Any], source: SourceMap, errors: list[Diagnostic]
                      ) -> Validator | None:
     cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
+    meta = cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)
+    problems = sorted(meta.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))
+    for exc in problems:  # all of them, not only the first as `check_schema` would
         path = ("input", "schema", *exc.absolute_path)
-        errors.append(source.diagnostic(f"not a valid JSON Schema: {exc.message}", path))
-        return None
-    return cls(schema)  # type: ignore[no-any-return]
+        best = jsonschema.exceptions.best_match([exc, *exc.context])
+        errors.append(source.diagnostic(f"not a valid JSON Schema: {best.message}", path))
+    return None if problems else cls(schema)  # type: ignore[no-any-return]
 
 
 def _unused_outputs(graph: nx.DiGraph, instances: Mapping[str, Stage[Any]], handlers: set[str],

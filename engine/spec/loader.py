@@ -26,14 +26,18 @@ import yaml
 
 from engine.errors import Diagnostic, SpecError
 
-__all__ = ["MAX_EXPANDED_NODES", "Document", "SourceMap", "load_file", "load_text"]
+__all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "Document", "SourceMap", "load_file", "load_text"]
 
 MAX_EXPANDED_NODES = 50_000
 """Largest number of nodes a file may expand to through aliases (pipelines have hundreds)."""
 
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists a file may have (building the data is recursive)."""
+
 _ENV_REF = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path_ = tuple[str | int, ...]
@@ -141,43 +145,58 @@ class _Builder:
         self._scalars = yaml.SafeLoader("")
 
     def check_size(self, root: yaml.Node) -> None:
-        """Reject alias bombs and recursive aliases before expanding anything."""
-        sizes: dict[int, int] = {}
+        """Reject alias bombs, recursive aliases and too deep nesting before expanding."""
+        sizes: dict[int, tuple[int, int]] = {}  # node → (expanded nodes, expanded height)
         visiting: set[int] = set()
 
-        def size(node: yaml.Node) -> int:
+        def size(node: yaml.Node, depth: int = 0) -> int:
             key = id(node)
-            if key in sizes:
-                return sizes[key]
             if key in visiting:
                 raise SpecError([self.source_error(node, "a recursive alias refers to itself")])
+            total, height = sizes.get(key, (0, 0))
+            if depth + height > MAX_DEPTH:
+                raise SpecError([self.source_error(node, _TOO_DEEP)])
+            if total:
+                return height
             visiting.add(key)
-            total = 1
+            children = []
             if isinstance(node, yaml.SequenceNode):
-                total += sum(size(child) for child in node.value)
+                children = node.value
             elif isinstance(node, yaml.MappingNode):
-                total += sum(size(k) + size(v) for k, v in node.value)
+                children = [child for pair in node.value for child in pair]
+            height = 1 + max((size(child, depth + 1) for child in children), default=0)
+            total = 1 + sum(sizes[id(child)][0] for child in children)
             visiting.discard(key)
-            sizes[key] = total
+            sizes[key] = (total, height)
             if total > MAX_EXPANDED_NODES:
                 raise SpecError([self.source_error(node, _BOMB)])
-            return total
+            return height
 
         size(root)
 
-    def source_error(self, node: yaml.Node, message: str) -> Diagnostic:
+    def source_error(self, node: yaml.Node, message: str, path: Path_ = ()) -> Diagnostic:
         line, column = _mark(node)
-        return Diagnostic(message, self.source.file, line, column)
+        return Diagnostic(message, self.source.file, line, column, path)
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.source.values.setdefault(path, _mark(node))
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:
+            self.errors.append(self.source_error(node, f"unsupported YAML tag {node.tag}", path))
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
         if node.tag == _STR_TAG:
             return self._string(node.value, path)
-        return self._scalars.construct_object(node, deep=True)
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError:  # a tag safe YAML does not know
+            message = f"unsupported YAML tag {node.tag}"
+        except Exception:  # an explicit tag on a value that does not fit it: `!!int abc`
+            message = f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}"
+        self.errors.append(self.source_error(node, message, path))
+        return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -246,6 +265,8 @@ class _Builder:
 
         return _ENV_REF.sub(resolve, text)
 
+
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep; pipelines are far flatter"
 
 _BOMB = (
     f"this node expands to more than {MAX_EXPANDED_NODES:,} nodes through aliases "

@@ -37,26 +37,59 @@ def validate(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        return diagnostics_from(exc, model, source, base)
+        return diagnostics_from(exc, model, source, base, data)
 
 
 def diagnostics_from(
-    exc: ValidationError, model: type[BaseModel], source: SourceMap, base: tuple[str | int, ...]
+    exc: ValidationError,
+    model: type[BaseModel],
+    source: SourceMap,
+    base: tuple[str | int, ...],
+    data: Any = None,
 ) -> list[Diagnostic]:
     out = []
     for error in exc.errors(include_url=False):
-        loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+        loc, on_key = _data_path(error["loc"], data)
         path = (*base, *loc)
         if error["type"] == "extra_forbidden":
             out.append(_unknown_key(model, loc, path, source))
             continue
         message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
         if error["type"] == "missing":
             message = f"missing required key '{loc[-1]}'" if loc else "missing required key"
-        elif path not in source.from_env and _echoable(error.get("input")):
-            message += f", got {error['input']!r}"
-        out.append(source.diagnostic(message, path))
+        elif any(path[:end] in source.from_env for end in range(len(path) + 1)):
+            if isinstance(value, str) and value:  # a custom message may quote the value
+                message = message.replace(value, "<value from the environment>")
+        elif _echoable(value) and repr(value) not in message:
+            message += f", got {value!r}"
+        out.append(source.diagnostic(message, path, key=on_key))
     return out
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> tuple[tuple[str | int, ...], bool]:
+    """The YAML path of an error: pydantic's `loc` without the type tags it adds for unions
+    (`int`, `function-after[...]`), found by following the data itself. The flag says the
+    error is about a mapping key (pydantic's `[key]`) rather than its value."""
+    path: list[str | int] = []
+    current = data
+    for part in loc:
+        if part == "[key]":
+            return tuple(path), True
+        if _holds(current, part):
+            current = current[part]
+        elif _is_union_tag(part):
+            continue
+        else:
+            current = None  # a key the data lacks: a missing required key, or below one
+        path.append(part)
+    return tuple(path), False
+
+
+def _holds(data: Any, part: str | int) -> bool:
+    if isinstance(data, dict):
+        return part in data
+    return isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
 
 
 def _unknown_key(

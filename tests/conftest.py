@@ -1,0 +1,41 @@
+"""Shared fixtures: a registry of the built-in stage types plus one test stage that names
+models and resources, so the compiler's name checks can be exercised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import Field
+
+from engine.registry import Registry
+from engine.spec.types import ModelRefStr, ResourceRefStr
+from engine.stages.base import Stage, StageConfig
+from engine.stages.fallback import FallbackStage
+from engine.stages.route import RouteStage
+from engine.stages.template import TemplateStage
+from engine.template import TemplateStr
+
+
+class LlmConfig(StageConfig):
+    model: ModelRefStr
+    fallbacks: list[ModelRefStr] = Field(default_factory=list)
+    store: ResourceRefStr | None = None
+    prompt: TemplateStr | None = None
+
+
+class LlmStage(Stage[LlmConfig]):
+    """Names a model (and maybe a resource); never called over the network in these tests."""
+
+    Config = LlmConfig
+
+    async def run(self, ctx: Any) -> Any:
+        return ctx.render(self.config.prompt)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry.of(
+        {"template": TemplateStage, "route": RouteStage, "fallback": FallbackStage,
+         "llm": LlmStage}
+    )
