@@ -5,12 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from engine.compile.compiler import compile_pipeline
+from engine.compile.compiler import compile_pipeline, stage_config_problems
 from engine.compile.pipeline import CompiledPipeline, CompiledStage
+from engine.errors import SpecError
 from engine.registry import Registry
-from engine.spec import load_spec
+from engine.spec import validate_document
+from engine.spec.loader import Document, load_file
 
-__all__ = ["CompiledPipeline", "CompiledStage", "compile_file", "compile_pipeline"]
+__all__ = [
+    "CompiledPipeline",
+    "CompiledStage",
+    "compile_document",
+    "compile_file",
+    "compile_pipeline",
+]
 
 
 def compile_file(
@@ -18,4 +26,15 @@ def compile_file(
 ) -> CompiledPipeline:
     """Load, validate and compile a pipeline file; raises SpecError with every problem."""
     registry = registry or Registry.from_entry_points()
-    return compile_pipeline(load_spec(path, env), registry, env)
+    return compile_document(load_file(path, env), registry, env)
+
+
+def compile_document(
+    doc: Document, registry: Registry, env: Mapping[str, str] | None = None
+) -> CompiledPipeline:
+    """Validate and compile a loaded document, reporting core and stage problems together."""
+    try:
+        loaded = validate_document(doc)
+    except SpecError as exc:
+        raise SpecError([*exc.diagnostics, *stage_config_problems(doc, registry)]) from None
+    return compile_pipeline(loaded, registry, env)

@@ -15,19 +15,20 @@ from typing import Any
 import jsonschema
 import networkx as nx
 from jsonschema.protocols import Validator
+from pydantic import BaseModel
 
 from engine.compile import checks
 from engine.compile.pipeline import CompiledPipeline, CompiledStage
 from engine.errors import Diagnostic, PluginError, SpecError
 from engine.registry import Registry
 from engine.spec import LoadedSpec
-from engine.spec.loader import SourceMap
+from engine.spec.loader import Document, SourceMap
 from engine.spec.types import ModelRef, ResourceRef
 from engine.spec.validation import closest, validate
 from engine.stages.base import Setup, Stage
 from engine.template import Condition, Template
 
-__all__ = ["compile_pipeline"]
+__all__ = ["compile_pipeline", "stage_config_problems"]
 
 _OUTPUT = "<output>"
 
@@ -93,35 +94,63 @@ def _instantiate(
     name: str, loaded: LoadedSpec, registry: Registry, errors: list[Diagnostic]
 ) -> Stage[Any] | None:
     """The stage object for `name`, or None after recording why it cannot be built."""
-    spec, source = loaded.spec, loaded.source
-    stage_spec = spec.stages[name]
+    stage_spec = loaded.spec.stages[name]
+    found = _configured(name, stage_spec.type, stage_spec.with_, loaded.source, registry, errors)
+    if found is None:
+        return None
+    cls, config = found
+    try:
+        return cls(Setup(name, config, loaded.spec, loaded.base_dir))
+    except Exception as exc:  # a plugin's constructor bug must not hide the other errors
+        errors.append(loaded.source.diagnostic(
+            f"stage type '{stage_spec.type}' failed to set up: {type(exc).__name__}: {exc}",
+            ("stages", name),
+        ))
+        return None
+
+
+def _configured(
+    name: str, type_name: str, with_: Any, source: SourceMap, registry: Registry,
+    errors: list[Diagnostic],
+) -> tuple[type[Stage[Any]], BaseModel] | None:
+    """Resolve a stage type and validate its `with:` block, recording what is wrong."""
     path = ("stages", name)
-    if stage_spec.type not in registry:
-        guess = closest(stage_spec.type, registry.names())
+    if type_name not in registry:
+        guess = closest(type_name, registry.names())
         known = f"known types: {', '.join(registry.names())}"
         errors.append(source.diagnostic(
-            f"unknown stage type '{stage_spec.type}'", (*path, "type"),
+            f"unknown stage type '{type_name}'", (*path, "type"),
             hint=f"did you mean '{guess}'? {known}" if guess else known,
         ))
         return None
     try:
-        cls = registry.get(stage_spec.type)
+        cls = registry.get(type_name)
     except PluginError as exc:
         errors.append(source.diagnostic(str(exc), (*path, "type"),
                                         hint="reinstall or fix the plugin that provides it"))
         return None
-    config = validate(cls.Config, stage_spec.with_, source, (*path, "with"))
+    config = validate(cls.Config, with_, source, (*path, "with"))
     if isinstance(config, list):
         errors += config
         return None
-    try:
-        return cls(Setup(name, config, spec, loaded.base_dir))
-    except Exception as exc:  # a plugin's constructor bug must not hide the other errors
-        errors.append(source.diagnostic(
-            f"stage type '{stage_spec.type}' failed to set up: {type(exc).__name__}: {exc}",
-            path,
-        ))
-        return None
+    return cls, config
+
+
+def stage_config_problems(doc: Document, registry: Registry) -> list[Diagnostic]:
+    """Each stage's type and `with:` problems, read from the raw document.
+
+    Used when the core keys are invalid and the compiler cannot run, so that one
+    `engine validate` still lists the stage configs' problems in the same pass.
+    """
+    stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
+    errors: list[Diagnostic] = []
+    for name, raw in (stages or {}).items() if isinstance(stages, dict) else ():
+        if not (isinstance(raw, dict) and isinstance(raw.get("type"), str)):
+            continue
+        with_ = raw.get("with", {})
+        if isinstance(with_, dict):
+            _configured(str(name), raw["type"], with_, doc.source, registry, errors)
+    return errors
 
 
 def _graph(loaded: LoadedSpec) -> nx.DiGraph:

@@ -12,7 +12,7 @@ from engine.spec.loader import Document, SourceMap, load_file, load_text
 from engine.spec.models import PipelineSpec
 from engine.spec.validation import validate
 
-__all__ = ["LoadedSpec", "load_spec", "parse_spec"]
+__all__ = ["LoadedSpec", "load_spec", "parse_spec", "validate_document"]
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,16 @@ class LoadedSpec:
 
 def load_spec(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedSpec:
     """Read, parse and validate a pipeline file; raises SpecError with every problem found."""
-    return _validated(load_file(path, env))
+    return validate_document(load_file(path, env))
 
 
 def parse_spec(text: str, file: str = "<string>", env: Mapping[str, str] | None = None,
                base_dir: Path | None = None) -> LoadedSpec:
-    return _validated(load_text(text, file, env, base_dir=base_dir))
+    return validate_document(load_text(text, file, env, base_dir=base_dir))
 
 
-def _validated(doc: Document) -> LoadedSpec:
+def validate_document(doc: Document) -> LoadedSpec:
+    """Validate a loaded YAML document's core keys (stage `with:` blocks are the compiler's)."""
     if not isinstance(doc.data, dict):
         raise SpecError([doc.source.diagnostic(
             "a pipeline file must be a mapping", hint="start with `version: 1` and `name: ...`"
