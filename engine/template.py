@@ -56,15 +56,16 @@ def _environment(strict: bool) -> ImmutableSandboxedEnvironment:
 
 def _stage_refs(ast: nodes.Node) -> frozenset[str]:
     """Names used as `stages.<name>` or `stages['<name>']` anywhere in a parsed template."""
-    refs: set[str] = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if not (isinstance(target, nodes.Name) and target.name == "stages"):
-            continue
-        if isinstance(node, nodes.Getattr):
-            refs.add(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            refs.add(node.arg.value)
+
+    def on_stages(node: nodes.Getattr | nodes.Getitem) -> bool:
+        return isinstance(node.node, nodes.Name) and node.node.name == "stages"
+
+    refs = {node.attr for node in ast.find_all(nodes.Getattr) if on_stages(node)}
+    refs |= {
+        node.arg.value
+        for node in ast.find_all(nodes.Getitem)
+        if on_stages(node) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)
+    }
     return frozenset(refs)
 
 

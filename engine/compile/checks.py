@@ -60,7 +60,7 @@ def unknown_needs(spec: PipelineSpec, source: SourceMap) -> Iterator[Diagnostic]
                 )
 
 
-def cycles(graph: nx.DiGraph, source: SourceMap) -> Iterator[Diagnostic]:
+def cycles(graph: nx.DiGraph[str], source: SourceMap) -> Iterator[Diagnostic]:
     """One diagnostic per strongly connected knot, printing a cycle through it."""
     for component in nx.strongly_connected_components(graph):
         if len(component) < 2:
@@ -76,7 +76,7 @@ def cycles(graph: nx.DiGraph, source: SourceMap) -> Iterator[Diagnostic]:
 
 def reference_problems(
     refs: Mapping[str, list[tuple[Path, frozenset[str]]]],
-    graph: nx.DiGraph,
+    graph: nx.DiGraph[str],
     source: SourceMap,
 ) -> Iterator[Diagnostic]:
     """A template may read `stages.X` only when X is upstream of the stage it belongs to."""
@@ -114,7 +114,7 @@ def route_problems(
                 )
 
 
-def handler_problems(spec: PipelineSpec, graph: nx.DiGraph, source: SourceMap
+def handler_problems(spec: PipelineSpec, graph: nx.DiGraph[str], source: SourceMap
                      ) -> Iterator[Diagnostic]:
     """`on_error: <stage>` names a handler: an existing stage, needed by nobody."""
     for name, stage in spec.stages.items():

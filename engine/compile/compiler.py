@@ -153,8 +153,8 @@ def stage_config_problems(doc: Document, registry: Registry) -> list[Diagnostic]
     return errors
 
 
-def _graph(loaded: LoadedSpec) -> nx.DiGraph:
-    graph = nx.DiGraph()
+def _graph(loaded: LoadedSpec) -> nx.DiGraph[str]:
+    graph: nx.DiGraph[str] = nx.DiGraph()
     stages = loaded.spec.stages
     graph.add_nodes_from(stages)
     graph.add_edges_from(
@@ -172,10 +172,10 @@ def _input_validator(schema: dict[str, Any], source: SourceMap, errors: list[Dia
         path = ("input", "schema", *exc.absolute_path)
         best = jsonschema.exceptions.best_match([exc, *exc.context])
         errors.append(source.diagnostic(f"not a valid JSON Schema: {best.message}", path))
-    return None if problems else cls(schema)  # type: ignore[no-any-return]
+    return None if problems else cls(schema)
 
 
-def _unused_outputs(graph: nx.DiGraph, instances: Mapping[str, Stage[Any]], handlers: set[str],
+def _unused_outputs(graph: nx.DiGraph[str], instances: Mapping[str, Stage[Any]], handlers: set[str],
                     used: set[str], loaded: LoadedSpec) -> Iterator[Diagnostic]:
     """A sink nobody reads is legal but usually a wiring mistake."""
     if loaded.spec.output is None:
@@ -192,7 +192,7 @@ def _unused_outputs(graph: nx.DiGraph, instances: Mapping[str, Stage[Any]], hand
         )
 
 
-def _compiled(name: str, stage: Stage[Any], graph: nx.DiGraph, loaded: LoadedSpec,
+def _compiled(name: str, stage: Stage[Any], graph: nx.DiGraph[str], loaded: LoadedSpec,
               handlers: set[str]) -> CompiledStage:
     spec = loaded.spec.stages[name]
     return CompiledStage(

@@ -43,7 +43,7 @@ class CompiledPipeline:
     """Built once, run for many records concurrently; holds no per-record state."""
 
     loaded: LoadedSpec
-    graph: nx.DiGraph
+    graph: nx.DiGraph[str]
     stages: Mapping[str, CompiledStage]
     roots: tuple[str, ...]
     sinks: tuple[str, ...]
