@@ -8,6 +8,7 @@ and resource names and the input schema. Every check runs even when an earlier o
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -76,11 +77,14 @@ def compile_pipeline(
     used = {name for _, found in output_refs for name in found}
     warnings += _unused_outputs(graph, instances, handlers, used, loaded)
     assert validator is not None
+    stages = {n: _compiled(n, instances[n], graph, loaded, handlers) for n in spec.stages}
     return CompiledPipeline(
         loaded=loaded,
         graph=graph,
-        stages={n: _compiled(n, instances[n], graph, loaded, handlers) for n in spec.stages},
+        stages=stages,
         roots=tuple(n for n in spec.stages if not spec.stages[n].needs and n not in handlers),
+        chain=_chain(stages, graph) if not handlers else (),
+        need_counts={n: len(stage.needs) for n, stage in stages.items()},
         sinks=tuple(n for n in spec.stages if graph.out_degree(n) == 0 and n not in handlers),
         output=spec.output,
         deadline=spec.defaults.timeout,
@@ -192,6 +196,18 @@ def _unused_outputs(graph: nx.DiGraph[str], instances: Mapping[str, Stage[Any]],
         )
 
 
+def _chain(stages: Mapping[str, CompiledStage], graph: nx.DiGraph[str]
+           ) -> tuple[CompiledStage, ...]:
+    """The stages in order if they form one path with no route branches, else ()."""
+    path = list(nx.topological_sort(graph))
+    linear = all(graph.has_edge(a, b) for a, b in itertools.pairwise(path))
+    if not linear or len(graph.edges) != len(path) - 1:
+        return ()
+    if any(stage.branches for stage in stages.values()):
+        return ()
+    return tuple(stages[name] for name in path)
+
+
 def _compiled(name: str, stage: Stage[Any], graph: nx.DiGraph[str], loaded: LoadedSpec,
               handlers: set[str]) -> CompiledStage:
     spec = loaded.spec.stages[name]
@@ -200,10 +216,9 @@ def _compiled(name: str, stage: Stage[Any], graph: nx.DiGraph[str], loaded: Load
         type=spec.type,
         stage=stage,
         needs=tuple(dict.fromkeys(spec.needs)),
-        dependents=tuple(graph.successors(name)),
+        dependents=tuple(d for d in graph.successors(name) if d not in handlers),
         branches=stage.branches(),
         condition=spec.if_,
         timeout=spec.timeout,
         on_error=spec.on_error,
-        is_handler=name in handlers,
     )

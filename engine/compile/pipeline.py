@@ -35,7 +35,6 @@ class CompiledStage:
     condition: Condition | None
     timeout: float | None
     on_error: str
-    is_handler: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +45,11 @@ class CompiledPipeline:
     graph: nx.DiGraph[str]
     stages: Mapping[str, CompiledStage]
     roots: tuple[str, ...]
+    chain: tuple[CompiledStage, ...]
+    """The stages in order when the pipeline is one linear chain (the executor's fast path),
+    else empty."""
+    need_counts: Mapping[str, int]
+    """Stage name → how many needs it waits for: each record's countdown starts here."""
     sinks: tuple[str, ...]
     output: Any
     deadline: float

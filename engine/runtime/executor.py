@@ -46,12 +46,24 @@ class _Continued:
 async def run_record(
     pipeline: CompiledPipeline, record: Any, index: int = 0, record_id: Any = None
 ) -> RunResult:
+    """Run one record; the request deadline cancels it, and it still yields one result.
+
+    The deadline is a bare `call_at` timer rather than `asyncio.timeout`: it is armed and
+    disarmed once per record, and the context manager costs several times as much.
+    """
     run = _RecordRun(pipeline, record)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    timer = loop.call_at(loop.time() + pipeline.deadline, run.expire, task)
     try:
-        async with asyncio.timeout(pipeline.deadline):
-            await run.drive()
-    except TimeoutError:
+        await run.drive()
+    except asyncio.CancelledError:
+        if not run.expired or task is None:
+            raise
+        task.uncancel()
         run.fail_deadline()
+    finally:
+        timer.cancel()
     return run.result(index, record_id)
 
 
@@ -60,13 +72,16 @@ class _RecordRun:
 
     def __init__(self, pipeline: CompiledPipeline, record: Any) -> None:
         self.pipeline = pipeline
+        self.stages = pipeline.stages
         self.started = time.perf_counter()
         self.deadline = time.monotonic() + pipeline.deadline
         self.states: dict[str, dict[str, Any]] = {}
         self.scope = {"input": record, "stages": self.states, "env": pipeline.env}
         self.events: list[StageEvent] = []
-        self.waiting = {name: len(stage.needs) for name, stage in pipeline.stages.items()}
+        self.waiting = dict(pipeline.need_counts)
         self.deselected: set[str] = set()
+        self.skips = 0
+        """How many stages were skipped so far: while 0, no skip check is needed."""
         self.ready = list(pipeline.roots)
         self.running: dict[asyncio.Task[Any], str] = {}
         self.active: dict[str, float] = {}
@@ -76,28 +91,52 @@ class _RecordRun:
         self.finished_by: str | None = None
         self.error: dict[str, Any] | None = None
         self.output: Any = None
+        self.expired = False
 
-    @property
-    def stopped(self) -> bool:
-        return self.finish is not None or self.error is not None
+    def expire(self, task: asyncio.Task[Any] | None) -> None:
+        """The request deadline passed: cancel the record's task (see `run_record`)."""
+        self.expired = True
+        if task is not None:
+            task.cancel()
 
     async def drive(self) -> None:
+        if self.pipeline.chain:
+            return await self.drive_chain(self.pipeline.chain)
+        ready, running, stages = self.ready, self.running, self.stages
         try:
-            while not self.stopped:
-                if self.ready and not self.running and len(self.ready) == 1:
-                    name = self.ready.pop()
-                    self.settle(name, await self.step(self.pipeline.stages[name]))
+            while self.finish is None and self.error is None:
+                if not running and len(ready) == 1:
+                    name = ready.pop()
+                    self.settle(name, await self.step(stages[name]))
                     continue
-                for name in self.ready:
-                    self.running[asyncio.create_task(self.step(self.pipeline.stages[name]))] = name
-                self.ready.clear()
-                if not self.running:
+                for name in ready:
+                    running[asyncio.create_task(self.step(stages[name]))] = name
+                ready.clear()
+                if not running:
                     return
-                done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    self.settle(self.running.pop(task), task.result())
+                    self.settle(running.pop(task), task.result())
         finally:
-            await self.cancel_running()
+            if running or self.active:
+                await self.cancel_running()
+
+    async def drive_chain(self, chain: tuple[CompiledStage, ...]) -> None:
+        """A linear chain needs no ready set: each stage in turn, skips flow straight down."""
+        try:
+            for stage in chain:
+                if self.skips:
+                    now = time.perf_counter() - self.started
+                    self.events.append(StageEvent(stage.name, now, 0.0, "skipped",
+                                                  "all needs skipped"))
+                    self.states[stage.name] = _SKIPPED_STATE
+                    continue
+                self.record(stage.name, await self.step(stage))
+                if self.finish is not None or self.error is not None:
+                    return
+        finally:
+            if self.active:
+                await self.cancel_running()
 
     async def cancel_running(self) -> None:
         """Cancel the tasks still running; every stage cut short gets a `cancelled` event.
@@ -125,7 +164,7 @@ class _RecordRun:
         if stage.timeout is not None:
             deadline = min(deadline, time.monotonic() + stage.timeout)
         ctx = StageContext(stage.name, self.scope, deadline)
-        start = self.now()
+        start = time.perf_counter() - self.started
         if stage.condition is not None:
             try:
                 wanted = stage.condition.evaluate(self.scope)
@@ -138,20 +177,22 @@ class _RecordRun:
                 return _SKIPPED
         self.active[stage.name] = start
         try:
-            result = await self._call(stage, ctx)
+            if stage.timeout is None:
+                result = await stage.stage.run(ctx)
+            else:
+                result = await self._timed(stage, ctx)
         except Exception as exc:
             self.active.pop(stage.name, None)
             return await self.failed(stage, ctx, start, exc)
         self.active.pop(stage.name, None)  # pop: one handler may stand in for two stages
-        outcome: Outcome = "finished" if isinstance(result, Finish) else "ok"
-        self.events.append(StageEvent(stage.name, start, self.now() - start, outcome, None,
-                                      ctx.notes))
+        outcome: Outcome = "finished" if result.__class__ is Finish else "ok"
+        end = time.perf_counter() - self.started
+        self.events.append(StageEvent(stage.name, start, end - start, outcome, None, ctx.notes))
         return result
 
     @staticmethod
-    async def _call(stage: CompiledStage, ctx: StageContext) -> Any:
-        if stage.timeout is None:
-            return await stage.stage.run(ctx)
+    async def _timed(stage: CompiledStage, ctx: StageContext) -> Any:
+        assert stage.timeout is not None
         scope = asyncio.timeout(stage.timeout)
         try:
             async with scope:
@@ -179,52 +220,61 @@ class _RecordRun:
             return _Continued(detail)
         handler = self.pipeline.stages[stage.on_error]
         result = await self.step(handler)
-        if isinstance(result, Finish) and not self.stopped:
+        if isinstance(result, Finish) and self.finish is None and self.error is None:
             # The handler ended the run, so it is the one `finished_by` names.
             self.finish, self.finished_by = result, handler.name
         return result
 
     def settle(self, name: str, result: Any) -> None:
-        if self.stopped:
+        """Record a stage's result and release its dependents."""
+        if self.finish is not None or self.error is not None:
             return
-        if isinstance(result, Finish):
+        if self.record(name, result):
+            self.release(name)
+
+    def record(self, name: str, result: Any) -> bool:
+        """Store a stage's result in the scope; False when it finished the run."""
+        kind = result.__class__
+        if kind is Finish:
             self.states[name] = {"output": result.output, "skipped": False}
             self.finish, self.finished_by = result, name
-            return
-        if result is _SKIPPED:
-            self.states[name] = _SKIPPED_STATE
-        elif isinstance(result, _Continued):
-            self.states[name] = {"output": None, "skipped": False, "error": result.detail}
-            self.deselected.update(self.pipeline.stages[name].branches)  # it selected nothing
-        elif isinstance(result, Branch):
+            return False
+        if kind is Branch:
             self.states[name] = {"output": result.output, "skipped": False}
-            self.deselected.update(self.pipeline.stages[name].branches - result.to)
+            self.deselected.update(self.stages[name].branches - result.to)
+        elif result is _SKIPPED:
+            self.states[name] = _SKIPPED_STATE
+            self.skips += 1
+        elif kind is _Continued:
+            self.states[name] = {"output": None, "skipped": False, "error": result.detail}
+            self.deselected.update(self.stages[name].branches)  # it selected nothing
         else:
             self.states[name] = {"output": result, "skipped": False}
-        self.release(name)
+        return True
 
     def release(self, name: str) -> None:
-        for dependent in self.pipeline.stages[name].dependents:
-            if self.pipeline.stages[dependent].is_handler:
-                continue  # a handler runs only in place of a failed stage (see `failed`)
-            self.waiting[dependent] -= 1
-            if self.waiting[dependent]:
+        waiting = self.waiting
+        for dependent in self.stages[name].dependents:
+            waiting[dependent] -= 1
+            if waiting[dependent]:
                 continue
-            reason = self.skip_reason(dependent)
+            reason = self.skip_reason(dependent) if self.skips or self.deselected else None
             if reason is None:
                 self.ready.append(dependent)
             else:
-                self.events.append(StageEvent(dependent, self.now(), 0.0, "skipped", reason))
+                now = time.perf_counter() - self.started
+                self.events.append(StageEvent(dependent, now, 0.0, "skipped", reason))
                 self.states[dependent] = _SKIPPED_STATE
+                self.skips += 1
                 self.release(dependent)
 
     def skip_reason(self, name: str) -> str | None:
         if name in self.deselected:
             return "not selected by the route"
-        needs = self.pipeline.stages[name].needs
-        if all(self.states[need]["skipped"] for need in needs):
-            return "all needs skipped"
-        return None
+        for need in self.stages[name].needs:
+            if not self.states[need]["skipped"]:
+                return None
+        return "all needs skipped"
 
     def fail_deadline(self) -> None:
         running = ", ".join(self.interrupted) or "none"

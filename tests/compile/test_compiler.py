@@ -179,8 +179,22 @@ def test_a_valid_on_error_handler_is_not_a_root(registry: Registry) -> None:
         registry,
     )
     assert pipeline.roots == ("a",)
-    assert pipeline.stages["sorry"].is_handler
     assert pipeline.warnings == ()
+
+
+def test_a_handler_with_needs_is_nobody_s_dependent(registry: Registry) -> None:
+    pipeline = build(
+        """\
+        stages:
+          src: {type: template, with: {output: x}}
+          a: {type: template, needs: [src], on_error: sorry, with: {output: hi}}
+          sorry: {type: fallback, needs: [src], with: {response: sorry}}
+        output: "{{ stages.a.output }}"
+        """,
+        registry,
+    )
+    assert pipeline.stages["src"].dependents == ("a",)
+    assert "sorry" not in pipeline.roots
 
 
 def test_weighted_route_needs_a_key(registry: Registry) -> None:

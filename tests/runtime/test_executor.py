@@ -8,6 +8,7 @@ weighted shares) lives in `test_executor_timing.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,6 +541,23 @@ async def test_shape(shape: Shape) -> None:
     assert (result.index, result.id) == (3, "r-3")
     _check(result, shape)
     result.to_json()  # every result must serialise, errors included
+
+
+CHAINS = [shape for shape in SHAPES if compile_text(HEADER + textwrap.dedent(shape.yaml)).chain]
+
+
+def test_linear_shapes_take_the_chain_fast_path() -> None:
+    ids = {shape.id for shape in CHAINS}
+    assert {"single_stage", "linear_chain"} <= ids
+    assert "fan_out" not in ids
+
+
+@pytest.mark.parametrize("shape", CHAINS, ids=lambda s: s.id)
+async def test_chain_fast_path_agrees_with_the_general_path(shape: Shape) -> None:
+    pipeline = compile_text(HEADER + textwrap.dedent(shape.yaml))
+    general = dataclasses.replace(pipeline, chain=())
+    result = await general.run(shape.record, index=3, record_id="r-3")
+    _check(result, shape)
 
 
 def test_table_ids_are_unique() -> None:
