@@ -104,6 +104,31 @@ def schema(
     return command(builtin_only)
 
 
+@app.command("stub-provider")
+def stub_provider(
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 9100,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A stub YAML file: rules, faults, per-model profiles.")] = None,
+    latency: Annotated[str | None, typer.Option(
+        "--latency", help="Added latency: 50ms, or a range 20ms..200ms.")] = None,
+    failure_rate: Annotated[float | None, typer.Option(
+        "--failure-rate", min=0.0, max=1.0, help="Share of requests that fail.")] = None,
+    faults: Annotated[str | None, typer.Option(
+        "--faults", help="Fault mix: 429,500,503,hang,malformed,cut,cut_before_first_token "
+        "(weights: 429:3,500:1).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed for latency and fault draws.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Do not log each request to stderr.")] = False,
+) -> int:
+    """Serve the chaos stub provider: an OpenAI-compatible server with scripted answers and
+    injected faults, on 127.0.0.1 until Ctrl-C."""
+    from engine.commands.stub_provider import stub_provider as command
+
+    return command(port, config, latency, failure_rate, faults, seed, quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:
