@@ -81,6 +81,8 @@ async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], tot
             await run_batch(pipeline, items, sink, concurrency)
         except asyncio.CancelledError:
             summary.interrupted = True
+        finally:
+            await pipeline.resources.aclose()
     return summary
 
 

@@ -10,14 +10,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel
 
 from engine.errors import Diagnostic
 from engine.spec.loader import SourceMap
 from engine.spec.models import PipelineSpec
 from engine.spec.types import ModelRef, ResourceRef
 from engine.spec.validation import closest
-from engine.template import Condition, Template
 
 __all__ = [
     "Path",
@@ -27,25 +25,9 @@ __all__ = [
     "reference_problems",
     "route_problems",
     "unknown_needs",
-    "walk_values",
 ]
 
 Path = tuple[str | int, ...]
-
-
-def walk_values(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
-    """Every template, condition and model/resource name inside a validated config."""
-    if isinstance(value, Template | Condition | ModelRef | ResourceRef):
-        yield path, value
-    elif isinstance(value, BaseModel):
-        for name, info in type(value).model_fields.items():
-            yield from walk_values(getattr(value, name), (*path, info.alias or name))
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from walk_values(item, (*path, key))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from walk_values(item, (*path, i))
 
 
 def unknown_needs(spec: PipelineSpec, source: SourceMap) -> Iterator[Diagnostic]:

@@ -22,11 +22,12 @@ from engine.compile import checks
 from engine.compile.pipeline import CompiledPipeline, CompiledStage
 from engine.errors import Diagnostic, PluginError, SpecError
 from engine.registry import Registry
+from engine.resources import Resources
 from engine.spec import LoadedSpec
 from engine.spec.loader import Document, SourceMap
 from engine.spec.types import ModelRef, ResourceRef
 from engine.spec.validation import closest, validate
-from engine.stages.base import Setup, Stage
+from engine.stages.base import Setup, SetupError, Stage, walk_values
 from engine.template import Condition, Template
 
 __all__ = ["compile_pipeline", "stage_config_problems"]
@@ -35,9 +36,13 @@ _OUTPUT = "<output>"
 
 
 def compile_pipeline(
-    loaded: LoadedSpec, registry: Registry, env: Mapping[str, str] | None = None
+    loaded: LoadedSpec,
+    registry: Registry,
+    env: Mapping[str, str] | None = None,
+    resources: Resources | None = None,
 ) -> CompiledPipeline:
     spec, source = loaded.spec, loaded.source
+    resources = resources or Resources()
     errors: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
     instances: dict[str, Stage[Any]] = {}
@@ -46,8 +51,9 @@ def compile_pipeline(
 
     for name, stage_spec in spec.stages.items():
         path = ("stages", name)
-        instance = _instantiate(name, loaded, registry, errors)
-        found = list(checks.walk_values(instance.config, (*path, "with"))) if instance else []
+        instance = _instantiate(name, loaded, registry, resources, errors)
+        found = [((*path, "with", *sub), value) for sub, value in instance.references()
+                 ] if instance else []
         if stage_spec.if_ is not None:
             found.append(((*path, "if"), stage_spec.if_))
         refs[name] = [(p, v.stage_refs) for p, v in found if isinstance(v, Template | Condition)]
@@ -61,7 +67,7 @@ def compile_pipeline(
     errors += checks.unknown_needs(spec, source)
     knots = list(checks.cycles(graph, source))
     errors += knots
-    output_refs = [(p, v.stage_refs) for p, v in checks.walk_values(spec.output, ("output",))
+    output_refs = [(p, v.stage_refs) for p, v in walk_values(spec.output, ("output",))
                    if isinstance(v, Template)]
     if not knots:
         errors += checks.reference_problems({**refs, _OUTPUT: output_refs}, graph, source)
@@ -90,12 +96,14 @@ def compile_pipeline(
         deadline=spec.defaults.timeout,
         input_validator=validator,
         env=dict(os.environ if env is None else env),
+        resources=resources,
         warnings=tuple(warnings),
     )
 
 
 def _instantiate(
-    name: str, loaded: LoadedSpec, registry: Registry, errors: list[Diagnostic]
+    name: str, loaded: LoadedSpec, registry: Registry, resources: Resources,
+    errors: list[Diagnostic],
 ) -> Stage[Any] | None:
     """The stage object for `name`, or None after recording why it cannot be built."""
     stage_spec = loaded.spec.stages[name]
@@ -104,7 +112,10 @@ def _instantiate(
         return None
     cls, config = found
     try:
-        return cls(Setup(name, config, loaded.spec, loaded.base_dir))
+        return cls(Setup(name, config, loaded.spec, loaded.base_dir, resources))
+    except SetupError as exc:
+        errors.append(loaded.source.diagnostic(str(exc), ("stages", name, "with", *exc.path)))
+        return None
     except Exception as exc:  # a plugin's constructor bug must not hide the other errors
         errors.append(loaded.source.diagnostic(
             f"stage type '{stage_spec.type}' failed to set up: {type(exc).__name__}: {exc}",

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
     from engine.errors import Diagnostic
+    from engine.resources import Resources
     from engine.results import RunResult
     from engine.spec import LoadedSpec
     from engine.stages.base import Stage
@@ -55,11 +56,17 @@ class CompiledPipeline:
     deadline: float
     input_validator: Validator
     env: Mapping[str, str]
+    resources: Resources
     warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def name(self) -> str:
         return self.loaded.spec.name
+
+    async def warm_up(self) -> None:
+        """Let every stage prepare (imports, model loads) before the first record."""
+        for stage in self.stages.values():
+            await stage.stage.warm_up()
 
     async def run(self, record: Any, index: int = 0, record_id: Any = None) -> RunResult:
         """Run one record (already validated against `input.schema`)."""

@@ -83,6 +83,7 @@ async def run_batch(
     the event loop after a record: stages that never await (templates, routes) would
     otherwise run the whole batch in one loop step, deaf to Ctrl-C and starving the others.
     """
+    await pipeline.warm_up()
     source = iter(items)
 
     async def worker() -> None:

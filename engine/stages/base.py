@@ -8,8 +8,10 @@ A stage type is a class that subclasses `Stage` and has:
   `resources:`. The compiler finds those values in the validated config and checks them: a
   template may only read stages upstream, a name must exist. The stage never re-checks.
 - `__init__(self, setup)`: called once when the pipeline compiles, with a `Setup` (stage name,
-  validated config, the pipeline spec, the pipeline's folder). Keep it cheap and free of I/O;
-  long-lived things (clients, caches) are resources, not stage attributes built here.
+  validated config, the pipeline spec, the pipeline's folder, and the process's `Resources`:
+  model clients, breakers, stores). Keep it cheap: read the files the config names (a prompt
+  template) and raise `SetupError(message, path)` when one is wrong, so the user gets a
+  `file:line:col` diagnostic; never call the network here.
 - `async def run(self, ctx) -> Any`: called once per record. Read upstream outputs through
   `ctx.render(...)` or `ctx.stages`. Return the stage's output (JSON-able data), or
   `Finish(output)` to end the run early with that output (a cache hit, a blocked input, a
@@ -19,24 +21,68 @@ A stage type is a class that subclasses `Stage` and has:
 
 Optional class hooks: `branches()` lists the stages a `Branch` may select (the compiler checks
 they depend on this stage); `check()` yields warnings about legal but suspicious configs;
-`terminal = True` marks a stage whose job is to end the run (it needs no consumer).
+`references()` yields the templates and names to check (by default: those in the config; a
+stage that loads a template file adds it); `async warm_up()` runs once before the first record
+of a run (never in `engine validate`): import heavy libraries, load models, open pools there,
+so the first record does not pay for them; `terminal = True` marks a stage whose job is to end
+the run (it needs no consumer). Stages that do blocking CPU work must hand it to
+`asyncio.to_thread`: a timeout cannot interrupt code that never awaits.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from engine.spec.types import ModelRef, ResourceRef
+from engine.template import Condition, Template
+
 if TYPE_CHECKING:
+    from engine.resources import Resources
     from engine.runtime.context import StageContext
     from engine.spec.models import PipelineSpec
 
-__all__ = ["Branch", "Finish", "Setup", "Stage", "StageConfig"]
+__all__ = [
+    "Branch",
+    "Finish",
+    "Reference",
+    "Setup",
+    "SetupError",
+    "Stage",
+    "StageConfig",
+    "walk_values",
+]
+
+YamlPath = tuple[str | int, ...]
+Reference = tuple[YamlPath, Template | Condition | ModelRef | ResourceRef]
+
+
+def walk_values(value: Any, path: YamlPath) -> Iterator[Reference]:
+    """Every template, condition and model/resource name inside a validated config."""
+    if isinstance(value, Template | Condition | ModelRef | ResourceRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from walk_values(getattr(value, name), (*path, info.alias or name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from walk_values(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from walk_values(item, (*path, i))
+
+
+class SetupError(Exception):
+    """Raised by a stage's `__init__` for a problem at `path` inside its `with:` block."""
+
+    def __init__(self, message: str, path: YamlPath = ()) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class StageConfig(BaseModel):
@@ -56,6 +102,7 @@ class Setup(Generic[C]):
     config: C
     pipeline: PipelineSpec
     base_dir: Path
+    resources: Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +140,10 @@ class Stage(ABC, Generic[C]):
     def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
         """Warnings as (message, path inside `with:`); legal configs that are likely wrong."""
         return ()
+
+    async def warm_up(self) -> None:
+        """Prepare expensive things once per process before records run (default: nothing)."""
+
+    def references(self) -> Iterable[Reference]:
+        """Templates, conditions and model/resource names, with their paths inside `with:`."""
+        return walk_values(self.config, ())

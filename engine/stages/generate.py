@@ -1,0 +1,164 @@
+"""`generate`: ask models in order — the fallback pyramid — and never go down.
+
+```yaml
+answer:
+  type: generate
+  with:
+    models: [smart, cheap, local]          # tiers from `models:`, best first
+    prompt: prompts/answer.j2              # a Jinja2 file (the user message), or messages:
+    system: "You answer support tickets."  # optional
+    static_response: "We will reply by email."   # the last tier: always answers
+    stream: true                           # measure time to first token
+    idempotency_key: "{{ input.ticket_id }}"
+```
+
+Output: `text`, the `tier` that answered (`static` for the static response) and its `model`,
+`usage` (input/output tokens), `cost_usd`, `ttft_ms` when streaming, and `attempts`: every
+call, skip and wait, with why each tier that did not answer failed. When every tier fails and
+there is no static response, the stage fails with that list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from engine.errors import StageError
+from engine.providers.pyramid import Pyramid, TierOutcome
+from engine.runtime.context import StageContext
+from engine.spec.models import Retry
+from engine.spec.types import ModelRefStr
+from engine.stages.base import Reference, Setup, SetupError, Stage, StageConfig
+from engine.template import Template, TemplateStr, TemplateValue
+
+__all__ = ["GenerateConfig", "GenerateStage", "Message"]
+
+
+class Message(StageConfig):
+    role: Literal["system", "user", "assistant"]
+    content: TemplateStr
+
+
+class GenerateConfig(StageConfig):
+    models: list[ModelRefStr] = Field(min_length=1, description="the pyramid, best tier first")
+    prompt: str | None = Field(None, description="a Jinja2 template file: the user message")
+    system: TemplateStr | None = None
+    messages: list[Message] | None = Field(None, description="inline messages instead of prompt")
+    static_response: TemplateValue = Field(None, description="answers when every tier fails")
+    stream: bool = False
+    idempotency_key: TemplateStr | None = Field(
+        None, description="the same key within 24 h returns the first answer, one call")
+    retry: Retry | None = Field(None, description="overrides defaults.retry for this stage")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateConfig:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either `prompt` (a template file) or `messages`")
+        return self
+
+
+class GenerateStage(Stage[GenerateConfig]):
+    Config = GenerateConfig
+
+    def __init__(self, setup: Setup[GenerateConfig]) -> None:
+        super().__init__(setup)
+        self.pipeline_name = setup.pipeline.name
+        self.prompt = _load_prompt(setup.base_dir, self.config.prompt)
+        models = setup.pipeline.models
+        tiers = [(name, models[name]) for name in self.config.models if name in models]
+        defaults = setup.pipeline.defaults
+        self.pyramid = Pyramid(tiers, self.config.retry or defaults.retry, defaults.breaker,
+                               setup.resources, stream=self.config.stream)
+        self.idempotency = setup.resources.idempotency
+
+    async def warm_up(self) -> None:
+        await self.pyramid.resources.models.warm_up(tier for _, tier in self.pyramid.tiers)
+
+    def references(self) -> Iterable[Reference]:
+        yield from super().references()
+        if self.prompt is not None:
+            yield ("prompt",), self.prompt
+
+    def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
+        last = self.pyramid.tiers[-1][1].model if self.pyramid.tiers else ""
+        if self.config.static_response is None and not last.startswith("local/"):
+            yield ("no last-resort tier: when every model fails the record errors; add "
+                   "`static_response` or a local/ model as the last tier", ("models",))
+
+    async def run(self, ctx: StageContext) -> dict[str, Any]:
+        messages = self.messages(ctx)
+        if self.config.idempotency_key is None:
+            return await self.answer(ctx, messages, None)
+        key = str(ctx.render(self.config.idempotency_key))
+        fresh = False
+
+        async def first_call() -> dict[str, Any]:
+            nonlocal fresh
+            fresh = True
+            return await self.answer(ctx, messages, {"Idempotency-Key": key})
+
+        result = await self.idempotency.run(f"{self.pipeline_name}/{self.name}/{key}",
+                                            first_call)
+        if not fresh:
+            ctx.note(idempotent_replay=True)
+        return result
+
+    def messages(self, ctx: StageContext) -> list[dict[str, Any]]:
+        out = []
+        if self.config.system is not None:
+            out.append({"role": "system", "content": str(ctx.render(self.config.system))})
+        if self.prompt is not None:
+            out.append({"role": "user", "content": str(ctx.render(self.prompt))})
+        for message in self.config.messages or ():
+            out.append({"role": message.role, "content": str(ctx.render(message.content))})
+        return out
+
+    async def answer(self, ctx: StageContext, messages: list[dict[str, Any]],
+                     headers: dict[str, str] | None) -> dict[str, Any]:
+        outcome = await self.pyramid.call(messages, ctx.remaining, headers)
+        attempts = [attempt.to_json() for attempt in outcome.attempts]
+        ctx.note(tier=outcome.tier or "static", calls=sum(a.outcome != "breaker_open"
+                                                           for a in outcome.attempts))
+        if outcome.completion is not None:
+            return _output(outcome, attempts)
+        if self.config.static_response is None:
+            summary = "; ".join(f"{a['tier']} #{a['attempt']}: {a['outcome']}" for a in attempts)
+            raise StageError(self.name, f"every tier failed ({summary})")
+        return {"text": ctx.render(self.config.static_response), "tier": "static",
+                "model": None, "usage": {"input_tokens": 0, "output_tokens": 0},
+                "cost_usd": 0.0, "attempts": attempts}
+
+
+def _output(outcome: TierOutcome, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    completion = outcome.completion
+    assert completion is not None
+    out: dict[str, Any] = {
+        "text": completion.text,
+        "tier": outcome.tier,
+        "model": completion.model,
+        "usage": {"input_tokens": completion.input_tokens,
+                  "output_tokens": completion.output_tokens},
+        "cost_usd": completion.cost_usd,
+        "attempts": attempts,
+    }
+    if completion.ttft is not None:
+        out["ttft_ms"] = round(completion.ttft * 1000, 3)
+    return out
+
+
+def _load_prompt(base_dir: Path, name: str | None) -> Template | None:
+    if name is None:
+        return None
+    path = base_dir / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        message = f"cannot read the prompt file {path}: {exc.strerror}"
+        raise SetupError(message, ("prompt",)) from None
+    try:
+        return Template(text)
+    except ValueError as exc:
+        raise SetupError(f"{path}: {exc}", ("prompt",)) from None
