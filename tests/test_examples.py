@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def test_pipeline_compiles_cleanly_and_points_editors_at_the_schema(path: Path) 
 
 
 async def test_flagship_triages_its_sample_tickets() -> None:
-    pipeline = compile_file(ROOT / "pipelines" / "support_triage.yaml")
+    offline = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    pipeline = compile_file(ROOT / "pipelines" / "support_triage.yaml", env=offline)
     source = ROOT / "pipelines" / "data" / "tickets.jsonl"
     results = []
     with source.open() as handle:
         await run_batch(pipeline, read_jsonl(handle), results.append, concurrency=4)
+    await pipeline.resources.aclose()
     by_id = {r.id: r for r in results}
     assert len(results) == len(source.read_text().splitlines())
     assert all(r.ok for r in results)
@@ -48,6 +51,13 @@ async def test_flagship_triages_its_sample_tickets() -> None:
     assert by_id["T-1002"].output["queue"] == "tech-support"
     assert by_id["T-1003"].handed_off and by_id["T-1003"].output["queue"] == "on-call"
     assert by_id["T-1004"].output["category"] == "general"
+    # No API key here: the hosted tiers are skipped and the offline local tier answers,
+    # grounded in the knowledge-base passage that fits, with its citation.
+    refund = by_id["T-1001"].output
+    assert refund["answered_by"] == "local"
+    assert "original payment method" in refund["reply"] and "[1]" in refund["reply"]
+    assert "knowledge base" in by_id["T-1004"].output["reply"]  # nothing fits: no invention
+    assert "[" not in by_id["T-1004"].output["reply"]
 
 
 @pytest.mark.parametrize("text", README_YAML)

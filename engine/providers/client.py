@@ -95,10 +95,13 @@ class ModelClient:
         tiers = list(tiers)
         if any(tier.transport == "litellm" for tier in tiers):
             await asyncio.to_thread(lambda: self.litellm)
-        if any(tier.model.startswith("local/") for tier in tiers):
+        local = [tier for tier in tiers if tier.model.startswith("local/")]
+        if local:
             from engine.providers.local import register_local_provider
 
             register_local_provider()
+            # litellm loads the custom-provider path on its first call (~0.2 s): pay it now.
+            await self.complete(local[0], [{"role": "user", "content": "warm up"}], timeout=5)
 
     async def complete(
         self,

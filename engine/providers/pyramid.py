@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from engine.providers.breaker import CircuitBreaker
 from engine.providers.client import Completion, StreamInterrupted
-from engine.providers.errors import classify
+from engine.providers.errors import Failure, classify
 from engine.providers.retry import Backoff, RetryBudget
 from engine.resources import Resources
 from engine.spec.models import Breaker, ModelTier, Retry
@@ -40,11 +41,13 @@ class Attempt:
     attempt: int
     outcome: str
     """ok, a failure kind (timeout, rate_limit, server...), breaker_open, no_time,
-    retry_budget or retry_after_too_long."""
+    retry_budget, retry_after_too_long, or not_configured (an empty api_key)."""
     duration_ms: float = 0.0
     detail: str | None = None
     wait_ms: float | None = None
     """The backoff slept after this attempt, before the next one on the same tier."""
+    breaker: str | None = None
+    """The breaker's transition during this attempt, e.g. `closed→open`."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -55,6 +58,14 @@ class TierOutcome:
     tier: str | None
     completion: Completion | None
     attempts: list[Attempt]
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _moved(before: str, breaker: CircuitBreaker) -> str | None:
+    return None if breaker.state == before else f"{before}→{breaker.state}"
 
 
 class Pyramid:
@@ -81,48 +92,59 @@ class Pyramid:
     async def _tier(self, name: str, tier: ModelTier, messages: list[dict[str, Any]],
                     remaining: Callable[[], float], headers: Mapping[str, str] | None,
                     attempts: list[Attempt]) -> Completion | None:
-        resources = self.resources
-        breaker = resources.breaker(tier.model, self.breaker_spec)
-        budget = resources.retry_budget(tier.model)
+        if tier.api_key is not None and not tier.api_key.get_secret_value():
+            attempts.append(Attempt(name, 0, "not_configured", detail="its api_key is empty"))
+            return None
+        budget = self.resources.retry_budget(tier.model)
         budget.record_request()
-        for attempt in range(1, self.retry.attempts + 1):
+        for number in range(1, self.retry.attempts + 1):
             left = remaining()
             timeout = min(tier.timeout or left, left - reserve(left))
             if timeout < MIN_CALL:
-                attempts.append(Attempt(name, attempt, "no_time"))
+                attempts.append(Attempt(name, number, "no_time"))
                 return None
-            permit = await breaker.acquire(timeout)
-            if permit is None:
-                attempts.append(Attempt(name, attempt, "breaker_open", detail=breaker.state))
+            result, attempt = await self._attempt(name, number, tier, messages, timeout,
+                                                  headers)
+            if isinstance(result, Completion) or result is None:
+                attempts.append(attempt)
+                return result
+            if not result.retryable or number == self.retry.attempts:
+                attempts.append(attempt)
                 return None
-            started = time.perf_counter()
-            try:
-                completion = await resources.models.complete(
-                    tier, messages, timeout=timeout, stream=self.stream, headers=headers)
-            except StreamInterrupted:
-                await breaker.record(permit, False)
-                raise
-            except Exception as exc:
-                failure = classify(exc)
-                await breaker.record(permit, not failure.trips_breaker)
-                elapsed = (time.perf_counter() - started) * 1000
-                if not failure.retryable or attempt == self.retry.attempts:
-                    attempts.append(Attempt(name, attempt, failure.kind, elapsed, failure.message))
-                    return None
-                wait = self.backoff.delay(attempt, failure.retry_after)
-                verdict = self._may_retry(wait, failure.retry_after, remaining(), budget)
-                attempts.append(Attempt(name, attempt, failure.kind, elapsed, failure.message,
-                                        wait * 1000 if verdict is None else None))
-                if verdict is not None:
-                    attempts.append(Attempt(name, attempt, verdict))
-                    return None
-                await resources.sleep(wait)
-                continue
-            await breaker.record(permit, True)
-            elapsed = (time.perf_counter() - started) * 1000
-            attempts.append(Attempt(name, attempt, "ok", elapsed))
-            return completion
+            wait = self.backoff.delay(number, result.retry_after)
+            verdict = self._may_retry(wait, result.retry_after, remaining(), budget)
+            if verdict is not None:
+                attempts += [attempt, Attempt(name, number, verdict)]
+                return None
+            attempts.append(replace(attempt, wait_ms=round(wait * 1000, 3)))
+            await self.resources.sleep(wait)
         return None
+
+    async def _attempt(self, name: str, number: int, tier: ModelTier,
+                       messages: list[dict[str, Any]], timeout: float,
+                       headers: Mapping[str, str] | None
+                       ) -> tuple[Completion | Failure | None, Attempt]:
+        """One call through the tier's breaker: a completion, a failure, or None (open)."""
+        breaker = self.resources.breaker(tier.model, self.breaker_spec)
+        before = breaker.state
+        permit = await breaker.acquire(timeout)
+        if permit is None:
+            return None, Attempt(name, number, "breaker_open", breaker=_moved(before, breaker))
+        started = time.perf_counter()
+        try:
+            completion = await self.resources.models.complete(
+                tier, messages, timeout=timeout, stream=self.stream, headers=headers)
+        except StreamInterrupted:
+            await breaker.record(permit, False)
+            raise
+        except Exception as exc:
+            failure = classify(exc)
+            await breaker.record(permit, not failure.trips_breaker)
+            return failure, Attempt(name, number, failure.kind, _ms(started), failure.message,
+                                    breaker=_moved(before, breaker))
+        await breaker.record(permit, True)
+        return completion, Attempt(name, number, "ok", _ms(started),
+                                   breaker=_moved(before, breaker))
 
     @staticmethod
     def _may_retry(wait: float, retry_after: float | None, left: float,

@@ -45,7 +45,11 @@ class ModelTier(_Spec):
     timeout: Duration | None = None
     price: Price | None = None
     api_base: str | None = None
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(
+        None,
+        description="e.g. ${OPENAI_API_KEY:-}; an empty key skips the tier (not configured "
+        "here), so one file runs with and without hosted providers",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     transport: Literal["litellm", "direct"] = Field(
         "litellm",

@@ -143,6 +143,16 @@ async def test_non_retryable_errors_move_on_without_a_retry(stub: StubProvider,
     assert fake.slept == []
 
 
+async def test_a_tier_with_an_empty_api_key_is_skipped_without_a_call(
+        stub: StubProvider, fake: FakeTime) -> None:
+    unset = (f'smart: {{model: openai/smart, api_base: "{stub.base_url}", '
+             "api_key: '${NOT_SET_ANYWHERE:-}'}")
+    pipeline = build(stub, fake, PYRAMID, tiers=[unset, tier(stub, "cheap"), tier(stub, "fast")])
+    result = await pipeline.run({"q": "x"})
+    assert outcomes(result.output) == [("smart", "not_configured"), ("cheap", "ok")]
+    assert stub.requests_for("smart") == []
+
+
 async def test_the_static_response_answers_when_every_tier_fails(stub: StubProvider,
                                                                  fake: FakeTime) -> None:
     pipeline = build(stub, fake, PYRAMID, tiers=[
@@ -194,7 +204,8 @@ async def test_the_breaker_opens_skips_instantly_and_recovers(stub: StubProvider
         tier(stub, "smart"), tier(stub, "cheap"), tier(stub, "fast")], defaults=defaults)
     stub.plan("smart", ["500"] * 4)
     for _ in range(4):
-        await pipeline.run({"q": "x"})
+        last = await pipeline.run({"q": "x"})
+    assert last.output["attempts"][0]["breaker"] == "closed→open"  # the trace shows it
     sent = len(stub.requests_for("smart"))
     skipped = await pipeline.run({"q": "x"})
     assert outcomes(skipped.output)[0] == ("smart", "breaker_open")
@@ -205,6 +216,7 @@ async def test_the_breaker_opens_skips_instantly_and_recovers(stub: StubProvider
     trials = await asyncio.gather(*(pipeline.run({"q": "x"}) for _ in range(3)))
     firsts = sorted(outcomes(r.output)[0][1] for r in trials)
     assert firsts == ["breaker_open", "ok", "ok"]
+    assert any(r.output["attempts"][0].get("breaker") == "half_open→closed" for r in trials)
     closed = await pipeline.run({"q": "x"})
     assert outcomes(closed.output) == [("smart", "ok")]
 
