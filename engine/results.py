@@ -11,7 +11,9 @@ Status = Literal["ok", "finished", "error"]
 """ok: the pipeline ran to its end; finished: a stage ended it early (cache hit, hand-off,
 block); error: it failed, and `error` says where and why."""
 
-Outcome = Literal["ok", "finished", "skipped", "error", "timeout", "recovered", "cancelled"]
+Outcome = Literal[
+    "ok", "finished", "handoff", "skipped", "error", "timeout", "recovered", "cancelled"
+]
 
 
 @dataclass(slots=True)

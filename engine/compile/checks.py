@@ -6,7 +6,7 @@ so a file's problems are reported together. Pure functions: no I/O, no stage cod
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -96,33 +96,43 @@ def route_problems(
                 )
 
 
-def handler_problems(spec: PipelineSpec, graph: nx.DiGraph[str], source: SourceMap
-                     ) -> Iterator[Diagnostic]:
-    """`on_error: <stage>` names a handler: an existing stage, needed by nobody."""
-    for name, stage in spec.stages.items():
-        handler = stage.on_error
-        path = ("stages", name, "on_error")
-        if handler in ("fail", "continue"):
-            continue
+Delegation = tuple[str, str, Path, str]
+"""(stage, handler it may run in its place, YAML path, "on_error" or "handoff")."""
+
+
+def handler_problems(delegations: Sequence[Delegation], spec: PipelineSpec, graph: nx.DiGraph[str],
+                     source: SourceMap) -> Iterator[Diagnostic]:
+    """A handler — an `on_error` target, or a stage handed off to — runs only in place of
+    another stage: it must exist, be needed by nobody, and need only stages upstream."""
+    for name, handler, path, kind in delegations:
         if handler not in spec.stages:
-            guess = closest(handler, [*spec.stages, "fail", "continue"])
+            extra = ["fail", "continue"] if kind == "on_error" else []
+            guess = closest(handler, [*spec.stages, *extra])
+            stages = ", ".join(sorted(spec.stages))
+            options = f"use {', '.join(extra)}, or one of the stages: " if extra else "use one of: "
             yield source.diagnostic(
-                f"on_error names unknown stage '{handler}'", path,
-                hint=f"did you mean '{guess}'?" if guess else
-                "use fail, continue, or one of the stages: " + ", ".join(sorted(spec.stages)),
+                f"{kind} names unknown stage '{handler}'", path,
+                hint=f"did you mean '{guess}'?" if guess else options + stages,
             )
         elif handler == name:
-            yield source.diagnostic("a stage cannot be its own on_error handler", path)
+            yield source.diagnostic(f"a stage cannot be its own {kind} handler", path)
         elif any(graph.successors(handler)):
             yield source.diagnostic(
-                f"on_error handler '{handler}' is needed by other stages", path,
-                hint="a handler runs only in place of a failed stage; give it no dependents",
+                f"{kind} handler '{handler}' is needed by other stages", path,
+                hint="a handler runs only in place of another stage; give it no dependents",
             )
-        elif not set(spec.stages[handler].needs) <= nx.ancestors(graph, name):
+        elif not set(spec.stages[handler].needs) <= _readable(graph, name, kind):
             yield source.diagnostic(
-                f"on_error handler '{handler}' needs stages that are not upstream of '{name}'",
+                f"{kind} handler '{handler}' needs stages that are not upstream of '{name}'",
                 path,
             )
+
+
+def _readable(graph: nx.DiGraph[str], name: str, kind: str) -> set[str]:
+    """What a handler may need: the stages upstream of the one it stands in for, and, for a
+    handoff, that stage itself (its output, saying why, is recorded before the handler runs)."""
+    upstream = nx.ancestors(graph, name)
+    return upstream | {name} if kind == "handoff" else upstream
 
 
 def name_problems(found: list[tuple[Path, Any]], spec: PipelineSpec, source: SourceMap

@@ -63,6 +63,10 @@ def compile_pipeline(
             warnings += [source.diagnostic(msg, (*path, "with", *sub), severity="warning")
                          for msg, sub in instance.check()]
 
+    delegations = [(n, s.on_error, ("stages", n, "on_error"), "on_error")
+                   for n, s in spec.stages.items() if s.on_error not in ("fail", "continue")]
+    delegations += [(n, target, ("stages", n, "with"), "handoff")
+                    for n, stage in instances.items() for target in sorted(stage.handoffs())]
     graph = _graph(loaded)
     errors += checks.unknown_needs(spec, source)
     knots = list(checks.cycles(graph, source))
@@ -71,7 +75,7 @@ def compile_pipeline(
                    if isinstance(v, Template)]
     if not knots:
         errors += checks.reference_problems({**refs, _OUTPUT: output_refs}, graph, source)
-        errors += checks.handler_problems(spec, graph, source)
+        errors += checks.handler_problems(delegations, spec, graph, source)
     branches = {n: s.branches() for n, s in instances.items() if s.branches()}
     errors += checks.route_problems(branches, spec, source)
     errors += checks.name_problems(names, spec, source)
@@ -79,7 +83,7 @@ def compile_pipeline(
     if errors:
         raise SpecError(errors + warnings)
 
-    handlers = {s.on_error for s in spec.stages.values()} - {"fail", "continue"}
+    handlers = {handler for _, handler, _, _ in delegations}
     used = {name for _, found in output_refs for name in found}
     warnings += _unused_outputs(graph, instances, handlers, used, loaded)
     assert validator is not None

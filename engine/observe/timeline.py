@@ -8,7 +8,7 @@ from engine.results import RunResult, StageEvent
 __all__ = ["timeline"]
 
 _MARK = {"ok": "✓", "finished": "■", "skipped": "-", "error": "✗", "timeout": "⏱",
-         "recovered": "↻", "cancelled": "⊘"}
+         "recovered": "↻", "cancelled": "⊘", "handoff": "↪"}
 
 
 def timeline(result: RunResult) -> str:

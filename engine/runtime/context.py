@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.template import Condition, render_value
@@ -18,13 +18,15 @@ class StageContext:
     that have finished) and `env`. It is shared by the record's stages and only ever grows.
     """
 
-    __slots__ = ("_notes", "deadline", "name", "scope")
+    __slots__ = ("_finalizers", "_notes", "deadline", "name", "scope")
 
-    def __init__(self, name: str, scope: Mapping[str, Any], deadline: float) -> None:
+    def __init__(self, name: str, scope: Mapping[str, Any], deadline: float,
+                 finalizers: list[Callable[[Any], Any]] | None = None) -> None:
         self.name = name
         self.scope = scope
         self.deadline = deadline
         self._notes: dict[str, Any] | None = None
+        self._finalizers = finalizers
 
     @property
     def input(self) -> Any:
@@ -54,3 +56,9 @@ class StageContext:
     @property
     def notes(self) -> dict[str, Any] | None:
         return self._notes
+
+    def finalize(self, transform: Callable[[Any], Any]) -> None:
+        """Apply `transform` to the run's final output (after `output:` is rendered)."""
+        if self._finalizers is None:
+            raise RuntimeError("this context has no run to finalize")
+        self._finalizers.append(transform)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StageError, StageTimeout
 from engine.results import Outcome, RunResult, StageEvent
 from engine.runtime.context import StageContext
-from engine.stages.base import Branch, Finish
+from engine.stages.base import Branch, Finish, Handoff
 from engine.template import render_value
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class _RecordRun:
         self.error: dict[str, Any] | None = None
         self.output: Any = None
         self.expired = False
+        self.finalizers: list[Callable[[Any], Any]] = []
+        """Registered by stages through `ctx.finalize`; applied to the final output."""
 
     def expire(self, task: asyncio.Task[Any] | None) -> None:
         """The request deadline passed: cancel the record's task (see `run_record`)."""
@@ -163,7 +166,7 @@ class _RecordRun:
         deadline = self.deadline
         if stage.timeout is not None:
             deadline = min(deadline, time.monotonic() + stage.timeout)
-        ctx = StageContext(stage.name, self.scope, deadline)
+        ctx = StageContext(stage.name, self.scope, deadline, self.finalizers)
         start = time.perf_counter() - self.started
         if stage.condition is not None:
             try:
@@ -185,9 +188,14 @@ class _RecordRun:
             self.active.pop(stage.name, None)
             return await self.failed(stage, ctx, start, exc)
         self.active.pop(stage.name, None)  # pop: one handler may stand in for two stages
-        outcome: Outcome = "finished" if result.__class__ is Finish else "ok"
+        kind = result.__class__
+        outcome: Outcome = "finished" if kind is Finish else "handoff" if kind is Handoff else "ok"
         end = time.perf_counter() - self.started
-        self.events.append(StageEvent(stage.name, start, end - start, outcome, None, ctx.notes))
+        detail = f"to {result.to}" if kind is Handoff else None
+        self.events.append(StageEvent(stage.name, start, end - start, outcome, detail, ctx.notes))
+        if kind is Handoff:
+            self.states[stage.name] = {"output": result.output, "skipped": False}
+            return await self.stand_in(result.to)
         return result
 
     @staticmethod
@@ -218,11 +226,14 @@ class _RecordRun:
             return _SKIPPED
         if stage.on_error == "continue":
             return _Continued(detail)
-        handler = self.pipeline.stages[stage.on_error]
-        result = await self.step(handler)
+        return await self.stand_in(stage.on_error)
+
+    async def stand_in(self, name: str) -> Any:
+        """Run handler `name` in another stage's place; its result becomes that stage's."""
+        result = await self.step(self.stages[name])
         if isinstance(result, Finish) and self.finish is None and self.error is None:
             # The handler ended the run, so it is the one `finished_by` names.
-            self.finish, self.finished_by = result, handler.name
+            self.finish, self.finished_by = result, name
         return result
 
     def settle(self, name: str, result: Any) -> None:
@@ -289,6 +300,8 @@ class _RecordRun:
         duration = time.perf_counter() - self.started
         if self.error is None and self.finish is None:
             self.render_output()
+        if self.finalizers and self.error is None:
+            self.apply_finalizers()
         if self.error is not None:
             return RunResult(index, record_id, "error", error=self.error, duration=duration,
                              events=self.events)
@@ -297,6 +310,17 @@ class _RecordRun:
                              self.finished_by, self.finish.handed_off, duration, self.events)
         return RunResult(index, record_id, "ok", self.output, duration=duration,
                          events=self.events)
+
+    def apply_finalizers(self) -> None:
+        try:
+            for finalize in self.finalizers:
+                if self.finish is not None:
+                    self.finish = replace(self.finish, output=finalize(self.finish.output))
+                else:
+                    self.output = finalize(self.output)
+        except Exception as exc:
+            self.error = {"stage": None, "type": type(exc).__name__,
+                          "message": f"finalizing the output failed: {exc}"}
 
     def render_output(self) -> None:
         pipeline = self.pipeline

@@ -16,11 +16,17 @@ A stage type is a class that subclasses `Stage` and has:
   `ctx.render(...)` or `ctx.stages`. Return the stage's output (JSON-able data), or
   `Finish(output)` to end the run early with that output (a cache hit, a blocked input, a
   hand-off to a human), or `Branch(output, to=...)` to select which downstream branches run
-  (the others are skipped). Raise to fail; the stage's `on_error` decides what follows. Never
-  print: report through `ctx.note(...)`, which lands in the run trace.
+  (the others are skipped), or `Handoff(to, output)` to run another stage in its place (a
+  guard sending a request down the non-AI path). Raise to fail; the stage's `on_error` decides
+  what follows. Never print: report through `ctx.note(...)`, which lands in the run trace.
+  `ctx.finalize(fn)` registers a transformation of the run's final output (the guard puts
+  pseudonymized PII back into the answer the user gets; stage outputs and traces keep the
+  placeholders).
 
 Optional class hooks: `branches()` lists the stages a `Branch` may select (the compiler checks
-they depend on this stage); `check()` yields warnings about legal but suspicious configs;
+they depend on this stage); `handoffs()` the stages a `Handoff` may name (handlers, like
+`on_error` targets: scheduled only in another stage's place); `check()` yields warnings about
+legal but suspicious configs;
 `references()` yields the templates and names to check (by default: those in the config; a
 stage that loads a template file adds it); `async warm_up()` runs once before the first record
 of a run (never in `engine validate`): import heavy libraries, load models, open pools there,
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Branch",
     "Finish",
+    "Handoff",
     "Reference",
     "Setup",
     "SetupError",
@@ -114,6 +121,15 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """Returned by a stage to run stage `to` in its place (the non-AI path, say): `output` is
+    recorded as this stage's output first, so `to` can read why; `to`'s result stands in."""
+
+    to: str
+    output: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Branch:
     """Returned by a stage to run only the branches in `to`; the stage's output is `output`."""
 
@@ -135,6 +151,10 @@ class Stage(ABC, Generic[C]):
 
     def branches(self) -> frozenset[str]:
         """The stages a `Branch` returned by this stage may name."""
+        return frozenset()
+
+    def handoffs(self) -> frozenset[str]:
+        """The stages a `Handoff` returned by this stage may name (they become handlers)."""
         return frozenset()
 
     def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
