@@ -16,6 +16,8 @@ from engine.stages.route import RouteStage
 from engine.stages.template import TemplateStage
 from engine.template import TemplateStr
 
+pytest_plugins = ["redis_server"]  # the real, throwaway redis-server fixtures
+
 
 class LlmConfig(StageConfig):
     model: ModelRefStr
