@@ -12,12 +12,17 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from engine.providers.breaker import Breakers, BreakerStore, CircuitBreaker, MemoryBreakerStore
 from engine.providers.client import ModelClient
 from engine.providers.idempotency import IdempotencyStore, MemoryIdempotency
 from engine.providers.retry import RetryBudget
+from engine.resources.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from engine.spec.models import Breaker
+
+if TYPE_CHECKING:
+    from engine.resources.embeddings import Embedder
 
 __all__ = ["Resources"]
 
@@ -44,6 +49,8 @@ class Resources:
         self._breaker_store = breaker_store or MemoryBreakerStore()
         self._breakers: Breakers | None = None
         self._budgets: dict[str, RetryBudget] = {}
+        self._limiters: dict[str | None, RateLimiter] = {}
+        self._embedder: Embedder | None = None
 
     def breaker(self, model: str, spec: Breaker) -> CircuitBreaker:
         if self._breakers is None:
@@ -53,6 +60,26 @@ class Resources:
     async def aclose(self) -> None:
         """Release connections; the owner of the resources calls it when the run ends."""
         await self.models.aclose()
+        for limiter in self._limiters.values():
+            await limiter.aclose()
+        self._limiters.clear()
+
+    def rate_limiter(self, redis_url: str | None) -> RateLimiter:
+        """This process's buckets, or the buckets shared by every process using `redis_url`."""
+        if redis_url not in self._limiters:
+            if redis_url is None:
+                self._limiters[None] = MemoryRateLimiter(clock=self.clock)
+            else:
+                self._limiters[redis_url] = RedisRateLimiter(redis_url)
+        return self._limiters[redis_url]
+
+    def embedder(self) -> Embedder:
+        """The local embedding model (all-MiniLM-L6-v2), loaded on first use, shared."""
+        if self._embedder is None:
+            from engine.resources.embeddings import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
 
     def retry_budget(self, model: str) -> RetryBudget:
         """One budget per model: an outage of one provider must not spend the others'."""

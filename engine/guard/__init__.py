@@ -1,0 +1,1 @@
+"""Input guards: normalization, prompt-injection detection and PII handling for the guard stage."""
