@@ -58,6 +58,12 @@ async def test_flagship_triages_its_sample_tickets() -> None:
     assert "original payment method" in refund["reply"] and "[1]" in refund["reply"]
     assert "knowledge base" in by_id["T-1004"].output["reply"]  # nothing fits: no invention
     assert "[" not in by_id["T-1004"].output["reply"]
+    # The guard: an injection attempt goes to the non-AI path; personal data is replaced
+    # before any model and appears in no stage output or trace.
+    attack = by_id["T-1014"]
+    assert (attack.finished_by, attack.output["blocked"]) == ("refuse", "injection")
+    trace = json.dumps([event.to_json() for event in by_id["T-1013"].events])
+    assert "4111" not in trace and "jane.doe@example.com" not in trace
 
 
 README_RUNS = {

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
+from jinja2.exceptions import UndefinedError
 from pydantic import Field
 
 from engine.guard.tokens import TokenCounter
@@ -36,7 +37,7 @@ from engine.resources.limits import Limit, RateLimitStoreError, RateStr
 from engine.runtime.context import StageContext
 from engine.spec.types import ModelRefStr, ResourceRefStr, StageName
 from engine.stages.base import Finish, Handoff, Setup, SetupError, Stage, StageConfig
-from engine.template import TemplateStr, TemplateValue
+from engine.template import Template, TemplateStr, TemplateValue
 
 if TYPE_CHECKING:
     from engine.guard.injection import InjectionDetector
@@ -170,8 +171,8 @@ class GuardStage(Stage[GuardConfig]):
         limits = []
         for rule, who, rate in (("per_user", self.config.user, check.per_user),
                                 ("per_ip", self.config.ip, check.per_ip)):
-            key = str(ctx.render(who)) if who is not None and rate is not None else ""
-            if key and key != "None" and rate is not None:
+            key = _identity(ctx, who) if rate is not None else None
+            if key is not None and rate is not None:
                 limits.append(Limit(f"{self.name}:{rule}:{key}", rate, name=rule))
         if not limits:
             return
@@ -243,6 +244,17 @@ def _redis_url(setup: Setup[GuardConfig], check: RateLimitCheck | None) -> str |
         raise SetupError(f"resource '{check.store}' must be {{type: redis, url: redis://...}}",
                          ("rate_limit", "store"))
     return url
+
+
+def _identity(ctx: StageContext, template: Template | None) -> str | None:
+    """Who a request is from, or None when the record does not say (no limit applies)."""
+    if template is None:
+        return None
+    try:
+        key = ctx.render(template)
+    except UndefinedError:
+        return None
+    return None if key is None or str(key) in ("", "None") else str(key)
 
 
 def _plain(finding: Any) -> Any:
