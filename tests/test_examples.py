@@ -69,6 +69,8 @@ async def test_flagship_triages_its_sample_tickets() -> None:
 README_RUNS = {
     "greeter": ({"name": "ada"}, lambda out: out == {"greeting": "Hello, ADA!"}),
     "answerer": ({"question": "Where is my invoice?"}, lambda out: out["tier"] == "local"),
+    "guarded": ({"ticket": "I'm jo@example.com", "user_id": "u1", "ai_consent": True},
+                lambda out: out == "I'm jo@example.com"),
 }
 
 
