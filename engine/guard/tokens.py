@@ -4,8 +4,8 @@ tiktoken normally downloads its encodings on first use; litellm's wheel bundles
 cl100k_base, o200k_base and p50k_base under `litellm_core_utils/tokenizers/` with tiktoken's
 cache file names, so pointing `TIKTOKEN_CACHE_DIR` there makes tiktoken work with no network
 (without importing litellm, which costs seconds). Models tiktoken does not know (Anthropic,
-local, Ollama...) are counted with cl100k_base: within a few percent for English text, and a
-limit is a budget, not an invoice.
+Ollama...) are counted with litellm's token counter, which carries their tokenizers; text is
+cut on cl100k_base token boundaries until that count fits. `local/` models use cl100k_base.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import tiktoken
@@ -34,15 +34,16 @@ def _bundled_encodings() -> None:
 
 
 @functools.cache
-def _encoding(model: str) -> tiktoken.Encoding:
+def _encoding(model: str) -> tuple[tiktoken.Encoding, bool]:
+    """The model's tiktoken encoding and whether it is exact (else cl100k_base stands in)."""
     _bundled_encodings()
     import tiktoken
 
     name = model.split("/", 1)[-1]
     try:
-        return tiktoken.encoding_for_model(name)
+        return tiktoken.encoding_for_model(name), True
     except KeyError:
-        return tiktoken.get_encoding(FALLBACK_ENCODING)
+        return tiktoken.get_encoding(FALLBACK_ENCODING), False
 
 
 class TokenCounter:
@@ -50,14 +51,31 @@ class TokenCounter:
 
     def __init__(self, model: str) -> None:
         self.model = model
+        self._litellm: Any = None
 
     def count(self, text: str) -> int:
-        return len(_encoding(self.model).encode(text, disallowed_special=()))
+        encoding, exact = _encoding(self.model)
+        if exact or self.model.startswith("local/"):
+            return len(encoding.encode(text, disallowed_special=()))
+        return int(self.litellm.token_counter(model=self.model, text=text))
+
+    @property
+    def litellm(self) -> Any:
+        if self._litellm is None:
+            from engine.providers.client import load_litellm
+
+            self._litellm = load_litellm()
+        return self._litellm
 
     def truncate(self, text: str, limit: int) -> str:
         """The longest prefix of `text` within `limit` tokens, cut on a token boundary."""
-        encoding = _encoding(self.model)
+        encoding, _ = _encoding(self.model)
         tokens = encoding.encode(text, disallowed_special=())
-        if len(tokens) <= limit:
-            return text
-        return encoding.decode(tokens[:limit])
+        keep = limit
+        while keep > 0:
+            cut = encoding.decode(tokens[:keep])
+            over = self.count(cut) - limit
+            if over <= 0:
+                return cut
+            keep -= over
+        return ""
