@@ -34,8 +34,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def evaluate(detector: InjectionDetector, label: str) -> None:
+async def evaluate(detector: InjectionDetector, label: str,
+                   detail: bool = True) -> dict[str, int]:
+    """Print the figures (per family, misses and false positives too with `detail`); return
+    the counts, and how many attack / benign scans consulted the similarity signal."""
     attacks, benign = load("attacks.jsonl"), load("benign.jsonl")
+    calls_before = detector.similarity_calls
     hits: dict[str, list[bool]] = defaultdict(list)
     signals: dict[str, int] = defaultdict(int)
     false_pos: list[tuple[dict[str, str], InjectionResult]] = []
@@ -47,18 +51,26 @@ async def evaluate(detector: InjectionDetector, label: str) -> None:
             signals[str(result.signal)] += 1
         else:
             misses.append((row, result))
+    after_attacks = detector.similarity_calls
     flagged: dict[str, list[bool]] = defaultdict(list)
     for row in benign:
         result = await detector.scan(row["text"])
         flagged[row["family"]].append(result.blocked)
         if result.blocked:
             false_pos.append((row, result))
+    sim_attacks = after_attacks - calls_before
+    sim_benign = detector.similarity_calls - after_attacks
     tp = sum(sum(v) for v in hits.values())
     fp = len(false_pos)
+    counts = {"attacks": len(attacks), "benign": len(benign), "tp": tp, "fp": fp,
+              "sim_attacks": sim_attacks, "sim_benign": sim_benign,
+              "by_similarity": signals.get("similarity", 0)}
     print(f"\n== {label}: {len(attacks)} attacks, {len(benign)} benign ==")
     print(f"recall    {tp / len(attacks):.3f}  ({tp}/{len(attacks)})")
     print(f"FPR       {fp / len(benign):.3f}  ({fp}/{len(benign)})")
     print(f"precision {tp / max(1, tp + fp):.3f}")
+    if not detail:
+        return counts
     print("per attack family (recall):")
     for family, values in sorted(hits.items()):
         print(f"  {family:<13} {sum(values) / len(values):.2f}  ({sum(values)}/{len(values)})")
@@ -72,6 +84,7 @@ async def evaluate(detector: InjectionDetector, label: str) -> None:
     for row, result in false_pos:
         names = [f.name for f in result.findings]
         print(f"  FP   {result.score:.2f} {names} {row['text'][:80]!r}")
+    return counts
 
 
 def latency_rules(detector: InjectionDetector) -> None:
@@ -94,7 +107,8 @@ def latency_rules(detector: InjectionDetector) -> None:
               f"p95 {pct(times, .95):.3f} ms   (normalize alone p50 {pct(norm, .5):.3f} ms)")
 
 
-async def latency_similarity(detector: InjectionDetector, embedder: Any) -> None:
+async def latency_similarity(detector: InjectionDetector, embedder: Any) -> tuple[float, float]:
+    """p50 ms of a similarity-path scan and of the raw model call on the same texts."""
     texts = [r["text"] for r in load("benign.jsonl")
              if detector.needs_similarity(detector.rule_score(detector.scan_rules(r["text"])))]
     signal, raw = [], []
@@ -108,6 +122,10 @@ async def latency_similarity(detector: InjectionDetector, embedder: Any) -> None
     print(f"similarity-path scans ({len(texts)} benign texts x3): p50 {pct(signal, .5):.2f} ms  "
           f"p95 {pct(signal, .95):.2f} ms; raw model call p50 {pct(raw, .5):.2f} ms "
           f"p95 {pct(raw, .95):.2f} ms; overhead p50 {pct(signal, .5) - pct(raw, .5):+.2f} ms")
+    return pct(signal, .5), pct(raw, .5)
+
+
+async def embedder_throughput(embedder: Any) -> None:
     for concurrency in (1, 8, 32):
         start = time.perf_counter()
         before = embedder.forward_passes
@@ -138,6 +156,7 @@ async def main() -> None:
     print(f"\nmodel load + reference corpus embedding: {time.perf_counter() - start:.2f} s")
     await evaluate(detector, "rules + similarity")
     await latency_similarity(detector, embedder)
+    await embedder_throughput(embedder)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,23 @@ def recall(find: Callable[[str], Spans], records: list[dict[str, Any]],
     return {entity: (found[entity], planted[entity]) for entity in entities}
 
 
+def runners(ours: PiiScanner, ours_ner: PiiScanner | None,
+            analyzer: Any) -> dict[str, Callable[[str], Any]]:
+    """What `latency` times: ours (with NER unless None), Presidio default, Presidio on our 6."""
+    presidio_entities = [ENTITIES[e] for e in STRUCTURED]
+    named: dict[str, Callable[[str], Any]] = {"ours, patterns only": ours.find}
+    if ours_ner is not None:
+        named["ours + NER (PERSON)"] = ours_ner.find
+    named["Presidio default, patterns only"] = lambda t: analyzer.analyze(t, language="en")
+    named["Presidio, our 6 entities only"] = lambda t: analyzer.analyze(
+        t, language="en", entities=presidio_entities)
+    return named
+
+
 def latency(runners: dict[str, Callable[[str], Any]], labelled: list[dict[str, Any]],
-            rounds: int) -> None:
-    """Per-KB latency of every runner on the same documents, rounds interleaved."""
+            rounds: int) -> dict[str, float]:
+    """Per-KB latency of every runner on the same documents, rounds interleaved; returns the
+    p50 ratio ours (patterns only) / Presidio default per document size."""
     sizes = {"1 KB": documents(labelled, 1024, 20), "10 KB": documents(labelled, 10240, 4)}
     for docs in sizes.values():  # warm-up: first calls load lazy state (tldextract, regexes)
         for run in runners.values():
@@ -117,19 +131,52 @@ def latency(runners: dict[str, Callable[[str], Any]], labelled: list[dict[str, A
     print("ratio ours (patterns only) / Presidio default, p50: "
           + ", ".join(f"{s} {r:.2f}x" for s, r in zip(sizes, ratios, strict=True))
           + f"  (target <= 0.3x: {'PASS' if max(ratios) <= 0.3 else 'FAIL'})")
-    print("cost of NER (PERSON) over patterns only, p50: "
-          + ", ".join(f"{s} +{p50(ner, s) - p50(ours, s):.1f} ms/KB" for s in sizes))
+    if ner in runners:
+        print("cost of NER (PERSON) over patterns only, p50: "
+              + ", ".join(f"{s} +{p50(ner, s) - p50(ours, s):.1f} ms/KB" for s in sizes))
+    return dict(zip(sizes, ratios, strict=True))
+
+
+def presidio_spans(analyzer: Any) -> Callable[[str], Spans]:
+    """Presidio's findings as (our entity name, start, end)."""
+    to_ours = {v: k for k, v in ENTITIES.items()}
+    return lambda text: {(to_ours.get(r.entity_type, r.entity_type), r.start, r.end)
+                         for r in analyzer.analyze(text, language="en")}
+
+
+def our_spans(scanner: PiiScanner) -> Callable[[str], Spans]:
+    return lambda text: {(f.entity, f.start, f.end) for f in scanner.find(text)}
+
+
+def recall_table(ours: PiiScanner, ours_ner: PiiScanner, analyzer: Any,
+                 labelled: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Print recall per entity for ours, ours + NER and Presidio default; return the table."""
+    print("\nrecall per entity on tests/data/pii/labelled.jsonl (exact span; target >= 0.95)")
+    table = {"ours, patterns only": recall(our_spans(ours), labelled, STRUCTURED),
+             "ours + NER": recall(our_spans(ours_ner), labelled, [*STRUCTURED, "PERSON"]),
+             "Presidio default": recall(presidio_spans(analyzer), labelled, STRUCTURED)}
+    print(f"{'entity':12s}" + "".join(f"{k:>21s}" for k in table))
+    for entity in [*STRUCTURED, "PERSON"]:
+        cells = ""
+        for result in table.values():
+            hit, total = result.get(entity, (0, 0))
+            cells += f"{f'{hit / total:.3f} ({hit}/{total})' if total else '-':>21s}"
+        print(f"{entity:12s}{cells}")
+    return table
+
+
+def quiet_presidio_logs() -> None:
+    # Presidio's EmailRecognizer asks tldextract for the public-suffix list online first;
+    # offline that logs a failed fetch before falling back to the bundled copy. Ours doesn't.
+    logging.getLogger("tldextract").setLevel(logging.CRITICAL)
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (~20 s)")
     args = parser.parse_args()
-    # Presidio's EmailRecognizer asks tldextract for the public-suffix list online first;
-    # offline that logs a failed fetch before falling back to the bundled copy. Ours doesn't.
-    logging.getLogger("tldextract").setLevel(logging.CRITICAL)
-    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-
+    quiet_presidio_logs()
     labelled, lookalikes = load("labelled.jsonl"), load("lookalikes.jsonl")
     t0 = time.perf_counter()
     ours = PiiScanner(STRUCTURED)
@@ -138,43 +185,17 @@ def main() -> None:
     t2 = time.perf_counter()
     analyzer = presidio_default()
     t3 = time.perf_counter()
-    presidio_entities = [ENTITIES[e] for e in STRUCTURED]
     print(f"build: ours {t1 - t0:.2f} s (incl. Presidio import), ours+NER {t2 - t1:.2f} s, "
           f"Presidio default {t3 - t2:.2f} s")
 
-    runners: dict[str, Callable[[str], Any]] = {
-        "ours, patterns only": ours.find,
-        "ours + NER (PERSON)": ours_ner.find,
-        "Presidio default, patterns only": lambda t: analyzer.analyze(t, language="en"),
-        "Presidio, our 6 entities only": lambda t: analyzer.analyze(
-            t, language="en", entities=presidio_entities),
-    }
-    latency(runners, labelled, rounds=3 if args.quick else 10)
-    to_ours = {v: k for k, v in ENTITIES.items()}
-
-    def presidio_spans(text: str) -> Spans:
-        return {(to_ours.get(r.entity_type, r.entity_type), r.start, r.end)
-                for r in analyzer.analyze(text, language="en")}
-
-    def our_spans(scanner: PiiScanner) -> Callable[[str], Spans]:
-        return lambda text: {(f.entity, f.start, f.end) for f in scanner.find(text)}
-
-    print("\nrecall per entity on tests/data/pii/labelled.jsonl (exact span; target >= 0.95)")
-    table = {"ours, patterns only": recall(our_spans(ours), labelled, STRUCTURED),
-             "ours + NER": recall(our_spans(ours_ner), labelled, [*STRUCTURED, "PERSON"]),
-             "Presidio default": recall(presidio_spans, labelled, STRUCTURED)}
-    print(f"{'entity':12s}" + "".join(f"{k:>21s}" for k in table))
-    for entity in [*STRUCTURED, "PERSON"]:
-        cells = ""
-        for result in table.values():
-            hit, total = result.get(entity, (0, 0))
-            cells += f"{f'{hit / total:.3f} ({hit}/{total})' if total else '-':>21s}"
-        print(f"{entity:12s}{cells}")
+    latency(runners(ours, ours_ner, analyzer), labelled, rounds=3 if args.quick else 10)
+    recall_table(ours, ours_ner, analyzer, labelled)
+    presidio = presidio_spans(analyzer)
 
     fps = {"ours, patterns only": sum(len(ours.find(r["text"])) for r in lookalikes),
            "ours + NER": sum(len(ours_ner.find(r["text"])) for r in lookalikes),
            "Presidio default (our 6 entity types)": sum(
-               e in STRUCTURED for r in lookalikes for e, _, _ in presidio_spans(r["text"])),
+               e in STRUCTURED for r in lookalikes for e, _, _ in presidio(r["text"])),
            "Presidio default (all types, e.g. DATE_TIME, URL)": sum(
                len(analyzer.analyze(r["text"], language="en")) for r in lookalikes)}
     print(f"\nfindings on {len(lookalikes)} look-alike texts (no PII in them): "

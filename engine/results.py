@@ -54,6 +54,8 @@ class RunResult:
     handed_off: bool = False
     duration: float = 0.0
     events: list[StageEvent] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    """Why the answer is a stand-in (e.g. a static response): delivered, never reused."""
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,8 @@ class RunResult:
         if self.finished_by is not None:
             out["finished_by"] = self.finished_by
             out["handed_off"] = self.handed_off
+        if self.degraded:
+            out["degraded"] = self.degraded
         out["duration_ms"] = round(self.duration * 1000, 3)
         out["trace"] = [event.to_json() for event in self.events]
         return out

@@ -8,7 +8,21 @@ from typing import Any
 
 from engine.template import Condition, render_value
 
-__all__ = ["StageContext"]
+__all__ = ["RunHooks", "StageContext"]
+
+
+class RunHooks:
+    """What stages ask of the end of a record's run (one per record, shared by its stages):
+    `finalizers` transform the final output (the guard restores pseudonyms); `on_success`
+    callbacks see the output of a run that ended well (the cache stores it); `degraded`
+    says why an answer, though delivered, must not be reused (a static fallback)."""
+
+    __slots__ = ("degraded", "finalizers", "on_success")
+
+    def __init__(self) -> None:
+        self.finalizers: list[Callable[[Any], Any]] = []
+        self.on_success: list[Callable[[Any], None]] = []
+        self.degraded: list[str] = []
 
 
 class StageContext:
@@ -18,15 +32,15 @@ class StageContext:
     that have finished) and `env`. It is shared by the record's stages and only ever grows.
     """
 
-    __slots__ = ("_finalizers", "_notes", "deadline", "name", "scope")
+    __slots__ = ("_notes", "deadline", "hooks", "name", "scope")
 
     def __init__(self, name: str, scope: Mapping[str, Any], deadline: float,
-                 finalizers: list[Callable[[Any], Any]] | None = None) -> None:
+                 hooks: RunHooks | None = None) -> None:
         self.name = name
         self.scope = scope
         self.deadline = deadline
         self._notes: dict[str, Any] | None = None
-        self._finalizers = finalizers
+        self.hooks = hooks if hooks is not None else RunHooks()
 
     @property
     def input(self) -> Any:
@@ -59,6 +73,13 @@ class StageContext:
 
     def finalize(self, transform: Callable[[Any], Any]) -> None:
         """Apply `transform` to the run's final output (after `output:` is rendered)."""
-        if self._finalizers is None:
-            raise RuntimeError("this context has no run to finalize")
-        self._finalizers.append(transform)
+        self.hooks.finalizers.append(transform)
+
+    def on_success(self, callback: Callable[[Any], None]) -> None:
+        """Call `callback(output)` if the run ends well: status ok, nothing degraded. It gets
+        the output before finalizers (pseudonyms still in place); it must not block."""
+        self.hooks.on_success.append(callback)
+
+    def degrade(self, reason: str) -> None:
+        """Mark this run's answer as a stand-in (a static response) that must not be reused."""
+        self.hooks.degraded.append(reason)

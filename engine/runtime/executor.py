@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StageError, StageTimeout
 from engine.results import Outcome, RunResult, StageEvent
-from engine.runtime.context import StageContext
+from engine.runtime.context import RunHooks, StageContext
 from engine.stages.base import Branch, Finish, Handoff
 from engine.template import render_value
 
@@ -93,8 +92,7 @@ class _RecordRun:
         self.error: dict[str, Any] | None = None
         self.output: Any = None
         self.expired = False
-        self.finalizers: list[Callable[[Any], Any]] = []
-        """Registered by stages through `ctx.finalize`; applied to the final output."""
+        self.hooks = RunHooks()
 
     def expire(self, task: asyncio.Task[Any] | None) -> None:
         """The request deadline passed: cancel the record's task (see `run_record`)."""
@@ -166,7 +164,7 @@ class _RecordRun:
         deadline = self.deadline
         if stage.timeout is not None:
             deadline = min(deadline, time.monotonic() + stage.timeout)
-        ctx = StageContext(stage.name, self.scope, deadline, self.finalizers)
+        ctx = StageContext(stage.name, self.scope, deadline, self.hooks)
         start = time.perf_counter() - self.started
         if stage.condition is not None:
             try:
@@ -298,22 +296,27 @@ class _RecordRun:
 
     def result(self, index: int, record_id: Any) -> RunResult:
         duration = time.perf_counter() - self.started
+        hooks = self.hooks
         if self.error is None and self.finish is None:
             self.render_output()
-        if self.finalizers and self.error is None:
+            if self.error is None and not hooks.degraded:
+                for callback in hooks.on_success:
+                    callback(self.output)
+        if hooks.finalizers and self.error is None:
             self.apply_finalizers()
         if self.error is not None:
             return RunResult(index, record_id, "error", error=self.error, duration=duration,
-                             events=self.events)
+                             events=self.events, degraded=hooks.degraded)
         if self.finish is not None:
             return RunResult(index, record_id, "finished", self.finish.output, None,
-                             self.finished_by, self.finish.handed_off, duration, self.events)
+                             self.finished_by, self.finish.handed_off, duration, self.events,
+                             hooks.degraded)
         return RunResult(index, record_id, "ok", self.output, duration=duration,
-                         events=self.events)
+                         events=self.events, degraded=hooks.degraded)
 
     def apply_finalizers(self) -> None:
         try:
-            for finalize in self.finalizers:
+            for finalize in self.hooks.finalizers:
                 if self.finish is not None:
                     self.finish = replace(self.finish, output=finalize(self.finish.output))
                 else:

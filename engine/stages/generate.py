@@ -127,6 +127,7 @@ class GenerateStage(Stage[GenerateConfig]):
         if self.config.static_response is None:
             summary = "; ".join(f"{a['tier']} #{a['attempt']}: {a['outcome']}" for a in attempts)
             raise StageError(self.name, f"every tier failed ({summary})")
+        ctx.degrade(f"{self.name}: static response")
         return {"text": ctx.render(self.config.static_response), "tier": "static",
                 "model": None, "usage": {"input_tokens": 0, "output_tokens": 0},
                 "cost_usd": 0.0, "attempts": attempts}
