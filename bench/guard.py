@@ -204,6 +204,9 @@ async def measure(quick: bool) -> list[Row]:
                          *docs.items()]:
         path = [t for t in texts if detector.needs_similarity(
             detector.rule_score(detector.scan_rules(t)))]
+        if not path:
+            print(f"    no {label} text takes the similarity path")
+            continue
         work = await non_model_ms(detector, path, rounds)
         print(f"    the same path with the model's vectors replayed (rules, fold, windows, "
               f"cosine, awaits), {len(path)} {label} texts: p50 {work:.3f} ms")

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from engine.guard.injection_rules import RULES
+from engine.guard.injection_rules import GROUPS, RULES
 from engine.guard.normalize import fold, normalize
 
 if TYPE_CHECKING:
@@ -127,10 +127,11 @@ class InjectionDetector:
         best: dict[str, tuple[Finding, int]] = {}
         for source, candidate in normalized.candidates():
             skip = _SKIP_ON.get(source, ())
+            seen: list[bool | None] = [None] * len(GROUPS)
             for rule in RULES:
-                if rule.name in best or rule.name.startswith(skip):
+                if rule.name in best or (skip and rule.name.startswith(skip)):
                     continue
-                match = rule.search(candidate)
+                match = rule.search(candidate, seen)
                 if match is not None:
                     finding = Finding("rule", rule.name, rule.weight,
                                       _snippet(candidate, match.start(), match.end()), source)

@@ -12,7 +12,11 @@ most rules on most tickets, which is what keeps a 1 KB scan under a millisecond.
 Weights say how sure one hit is on its own. Strong rules (≥ 0.8) block alone at the default
 threshold; weak ones (0.3-0.6) need a second rule or the similarity signal; `cue` rules
 (0.12) never block, they only mark text that talks about the assistant's instructions, rules
-or persona, which is what makes the detector consult the embedding signal at all.
+or persona, which is what makes the detector consult the embedding signal at all. Words that
+are about documents or products on their own ("confidential", "secret", "filter", "policy")
+are not cues: a support ticket says "return policy" or "spam filter" all day. They count only
+as "content/safety/usage/moderation filter/policy", and a "secret/confidential prompt" is
+still cued by "prompt".
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["RULES", "Rule"]
+__all__ = ["GROUPS", "RULES", "Rule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +35,30 @@ class Rule:
     weight: float
     pattern: re.Pattern[str]
     needs: tuple[tuple[str, ...], ...] = ()  # every group needs one substring present
+    group_ids: tuple[int, ...] = ()  # the same groups as indexes into `GROUPS`
 
-    def search(self, text: str) -> re.Match[str] | None:
-        """The first match, after a substring pre-check that skips most text cheaply."""
-        for group in self.needs:
-            if not any(word in text for word in group):
+    def search(self, text: str, seen: list[bool | None] | None = None) -> re.Match[str] | None:
+        """The first match, after a substring pre-check that skips most text cheaply.
+
+        `seen` (one slot per `GROUPS` entry, None = not checked yet) shares the pre-check
+        across rules scanning the same text: several rules need the same word groups.
+        """
+        for group, gid in zip(self.needs, self.group_ids, strict=True):
+            hit = seen[gid] if seen is not None else None
+            if hit is None:
+                hit = _any_in(group, text)
+                if seen is not None:
+                    seen[gid] = hit
+            if not hit:
                 return None
         return self.pattern.search(text)
+
+
+def _any_in(group: tuple[str, ...], text: str) -> bool:
+    for word in group:  # noqa: SIM110  (a plain loop: cheaper than any() over a generator)
+        if word in text:
+            return True
+    return False
 
 
 def _w(src: str) -> str:
@@ -213,8 +234,9 @@ _RAW_RULES: list[tuple[str, float, str, int]] = [
     # --- cues: never block alone; they route the text to the similarity signal -------------
     ("cue.meta", 0.12, r"\b(?:instructions?|prompts?|rules|guidelines|restrictions|system|"
      r"developer|assistant|chatbot|language model|llm|gpt|chatgpt|openai|persona|role ?play|"
-     r"pretend|hypothetical\w*|simulate|filters?|censor\w*|guardrails?|polic(?:y|ies)|override|"
-     r"bypass|confidential|secret|unrestricted|uncensored|ignore|disregard|forget|"
+     r"pretend|hypothetical\w*|simulate|(?:content|safety|usage|moderation)\W*(?:filters?|"
+     r"polic(?:y|ies))|censor\w*|guardrails?|override|bypass|unrestricted|uncensored|ignore|"
+     r"disregard|forget|"
      r"instrucciones|reglas|consignes|regles|anweisungen|regeln|instrucoes|regras|istruzioni|"
      r"regole|sistema|systeme|ai|ia|ki|act as|act like|behave like|play the role|you are now|"
      r"this conversation|this chat|above)\b", 0),
@@ -247,8 +269,14 @@ _NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
                     ("istruzion", "regol", "indicazion", "direttiv", "ordini", "restrizion",
                      "consegn")),
     "override.everything": (_V_EN,),
+    "override.es_everything": (("ignor", "olvid", "descart", "oubli", "vergiss", "esquec",
+                                "dimentic"),),
     "override.loose": (_V_EN, _N_EN),
-    "override.new_instructions": ((":",),),
+    "override.new_instructions": ((":",), ("instruc", "rule", "directive", "task", "order",
+                                           "prompt", "consign", "anweisung", "istruzion",
+                                           "regle", "regla", "regel", "regra", "regol")),
+    "override.from_now_on": (("now", "rest", "henceforth", "partir", "desormais", "jetzt",
+                              "sofort", "agora", "ora"),),
     "override.cancelled": (("instruct", "rule", "guideline", "programming", "prompt"),),
     "spoof.chat_token": (("<",), ("|", "sys", "inst")),
     "spoof.llama": (("inst]", "<<", "sys"),),
@@ -267,6 +295,11 @@ _NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "persona.dan": (("dan", "anything now", "dude", "stan", "aim", "machiavellian",
                      "confidant", "opposite"),),
     "persona.developer_mode": (("mode", "jailbr"),),
+    "persona.unrestricted_ai": (("unrestricted", "unfiltered", "uncensored", "unaligned",
+                                 "unlocked", "evil", "rogue", "amoral", "unethical",
+                                 "jailbroken"),),
+    "persona.you_are_now": (("you", "character"),),
+    "persona.jailbreak_word": (("jailbr", "prompt"),),
     "persona.mode_enabled": (("mode",),),
     "persona.no_longer": (("longer", "ya no", "plus", "nicht mehr", "kein", "nao e mais",
                            "non sei piu"),),
@@ -278,7 +311,12 @@ _NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
                                 "openai", "usage", "security", "alignment"),),
 }
 
+# Distinct needs groups, so a group shared by several rules is checked once per text.
+GROUPS: tuple[tuple[str, ...], ...] = tuple(dict.fromkeys(g for gs in _NEEDS.values() for g in gs))
+_GROUP_ID = {group: gid for gid, group in enumerate(GROUPS)}
+
 RULES: tuple[Rule, ...] = tuple(
-    Rule(name, weight, re.compile(src, flags), _NEEDS.get(name, ()))
+    Rule(name, weight, re.compile(src, flags), _NEEDS.get(name, ()),
+         tuple(_GROUP_ID[g] for g in _NEEDS.get(name, ())))
     for name, weight, src, flags in _RAW_RULES
 )

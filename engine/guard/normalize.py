@@ -10,7 +10,8 @@ written against plain lower-case Latin text and runs on:
 - `Normalized.text`: the folded input (NFKC, invisibles removed, homoglyphs and accents
   folded, casefolded, split words re-joined, leetspeak folded, spacing collapsed);
 - `Normalized.segments`: decoded candidates (embedded base64 and hex runs, the rot13 of the
-  whole text, a `1→l` leet reading), each folded the same way.
+  whole text when that reading looks like language, a `1→l` leet reading), each folded the
+  same way.
 
 The folded text is for *detection only*; it is never shown to a user or sent to a model.
 Ordinary numbers survive: leetspeak is folded only inside tokens that mix letters with digits
@@ -34,6 +35,11 @@ _INVISIBLE: dict[int, None] = dict.fromkeys(
      *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2070)],
 )
 _TAGS = re.compile("[\U000e0000-\U000e007f]")
+# The same set as one character class: a search finds nothing on most text, and `sub` is much
+# cheaper than a dict-driven `str.translate` over every character of a non-ASCII ticket.
+_INVISIBLE_CHARS = re.compile(
+    "[" + "".join(re.escape(chr(cp)) for cp in _INVISIBLE) + "\U000e0000-\U000e007f]"
+)
 
 # Look-alikes (lower case: applied after casefold), Cyrillic and Greek → Latin.
 _HOMOGLYPHS = {
@@ -59,6 +65,7 @@ def _accent_table() -> dict[int, str]:
 
 _FOLD = {**_accent_table(), **{ord(k): v for k, v in _HOMOGLYPHS.items()}}
 _HOMOGLYPH_CHARS = re.compile("[" + "".join(_HOMOGLYPHS) + "]")
+_FOLD_CHARS = re.compile("[" + "".join(re.escape(chr(cp)) for cp in _FOLD) + "]")
 _LEET_I = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t",
                          "@": "a", "$": "s", "!": "i"})
 _LEET_L = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t",
@@ -67,6 +74,25 @@ _ROT13 = str.maketrans(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
     "nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
 )
+# Is the rot13 reading worth decoding and scanning? Only if it reads as language: it must hold
+# at least two of these, searched for *in rot13 form* in the folded text (so the reading itself
+# is built only when it passes). English function words count as whole words; the stems of what
+# the rules look for (instructions, prompts, personas; in every rule language) as substrings,
+# so letter-spaced or run-together payloads count too. Rotated, these are not words in any
+# language the tickets use ("gur", "naq", "lbhe", "vafgeh"...), so ordinary text fails the test
+# and skips a whole second pass of the rules; an encoded sentence of any length passes it.
+_ROT13_WORDS = ("the", "and", "you", "your", "all", "for", "with", "this", "that", "are",
+                "now", "not", "have", "been", "will", "then", "me", "is", "it", "do", "of", "to")
+_ROT13_STEMS = (
+    "instru", "istru", "prompt", "system", "sistem", "ignor", "disregard", "forget", "overrid",
+    "bypass", "previous", "earlier", "above", "rule", "regla", "regle", "regel", "regra",
+    "regol", "guideline", "directive", "restric", "filter", "polic", "safety", "develop",
+    "mode", "pretend", "reveal", "repeat", "secret", "hidden", "jailbr", "anything", "unrestr",
+    "olvid", "anterior", "oubli", "consign", "precedent", "vergiss", "anweisung", "vorherig",
+    "esquec", "dimentic", "assistant", "persona",
+)
+_ROT13_WORD = re.compile(r"\b(?:" + "|".join(w.translate(_ROT13) for w in _ROT13_WORDS) + r")\b")
+_ROT13_STEM = tuple(w.translate(_ROT13) for w in _ROT13_STEMS)  # `in` beats a regex here
 
 # Split words: "ig.nore", "i-g-n-o-r-e", "sys*tem" (not "_" or "|": they belong to delimiters
 # such as `<|im_start|>` that the rules look for verbatim).
@@ -83,7 +109,10 @@ _HSPACE = re.compile(r"[^\S\n]+")
 _NEWLINES = re.compile(r" ?\n[\s]*")
 
 _B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_\-]{16,}={0,2}")
-_HEX = re.compile(r"(?:(?:\\x|0x)?[0-9a-fA-F]{2}[ :,]?){8,}")
+# Eight or more `(?:\\x|0x)?[0-9a-fA-F]{2}[ :,]?` groups; the first one is spelled out as three
+# alternatives (same matches, same order) so the engine can skip positions by their first char.
+_HEX = re.compile(r"(?:\\x[0-9a-fA-F]{2}|0x[0-9a-fA-F]{2}|[0-9a-fA-F]{2})[ :,]?"
+                  r"(?:(?:\\x|0x)?[0-9a-fA-F]{2}[ :,]?){7,}")
 _HEX_STRIP = re.compile(r"\\x|0x|[^0-9a-fA-F]")
 _MAX_SEGMENTS = 8
 
@@ -109,6 +138,10 @@ class Normalized:
         return [("text", self.text), *((s.kind, s.text) for s in self.segments)]
 
 
+def _fold_char(match: re.Match[str]) -> str:
+    return _FOLD[ord(match.group())]
+
+
 def _fold_leet(match: re.Match[str], table: dict[int, str]) -> str:
     """Fold one mixed token; `1` reads as `l` after a vowel or another `l` ("ru1es", "a11")."""
     token = match.group()
@@ -122,14 +155,17 @@ def _fold_leet(match: re.Match[str], table: dict[int, str]) -> str:
 def _fold_core(text: str, flags: set[str]) -> str:
     """Everything but decoding: canonical lower-case Latin text with collapsed spacing."""
     if not text.isascii():
+        # Same result as `translate(_INVISIBLE)`, `_TAGS.sub` and `translate(_FOLD)`, but only
+        # the characters that change are visited (see `_fold_core_reference` in the tests).
         text = unicodedata.normalize("NFKC", text)
-        stripped = _TAGS.sub("", text.translate(_INVISIBLE))
-        if len(stripped) != len(text):
+        if _INVISIBLE_CHARS.search(text):
             flags.add("invisible")
-        text = stripped.casefold()
+            text = _INVISIBLE_CHARS.sub("", text)
+        text = text.casefold()
         if _HOMOGLYPH_CHARS.search(text):
             flags.add("homoglyph")
-        text = text.translate(_FOLD)
+        if _FOLD_CHARS.search(text):
+            text = _FOLD_CHARS.sub(_fold_char, text)
     else:
         text = text.lower()
     joined = _IN_WORD_PUNCT.sub("", text)
@@ -162,6 +198,21 @@ def _leet_l_windows(core: str, pad: int = 80) -> str:
     return "\n".join(
         _LEET_TOKEN.sub(lambda m: _fold_leet(m, _LEET_L), core[lo:hi]) for lo, hi in spans
     )
+
+
+def _reads_as_rot13(folded: str) -> bool:
+    """Whether the rot13 reading holds two or more function words or rule stems (see above)."""
+    hits = 0
+    for stem in _ROT13_STEM:
+        if stem in folded:
+            hits += 1
+            if hits == 2:
+                return True
+    for _ in _ROT13_WORD.finditer(folded):
+        hits += 1
+        if hits == 2:
+            return True
+    return False
 
 
 def _printable(data: bytes) -> str | None:
@@ -236,7 +287,8 @@ def normalize(text: str) -> Normalized:
     for kind, decoded in _decoded(text):
         flags.add(kind)
         segments.append(Segment(kind, fold(decoded)))
-    # rot13 leaves accented letters alone, so rotate before folding them (non-ASCII only).
-    rot13 = folded.translate(_ROT13) if text.isascii() else fold(text.translate(_ROT13))
-    segments.append(Segment("rot13", rot13))
+    if _reads_as_rot13(folded):
+        # rot13 leaves accented letters alone, so rotate before folding them (non-ASCII only).
+        rot13 = folded.translate(_ROT13) if text.isascii() else fold(text.translate(_ROT13))
+        segments.append(Segment("rot13", rot13))
     return Normalized(folded, tuple(segments), frozenset(flags))
