@@ -19,7 +19,6 @@ import sys
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
-from typing import Any
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.providers.stub import StubProvider
@@ -35,7 +34,7 @@ TIERS = (*HOSTED, "local", "static")
 CONCURRENCY = 50
 TIER_TIMEOUT = "400ms"  # what a hang costs
 DEADLINE = "5s"  # the whole request
-SKIPS = ("breaker_open", "no_time", "retry_budget", "retry_after_too_long")  # not calls
+SKIPS = ("breaker_open", "no_time", "retry_budget", "retry_after_too_long", "not_configured")
 
 
 def stub_config() -> StubConfig:
@@ -53,7 +52,8 @@ def _serve_stub(config_json: str, conn: Connection) -> None:
 async def _stub_main(config: StubConfig, conn: Connection) -> None:
     """Serve until told "stop"; answer "counts" with a Counter of (model, outcome)."""
     async with StubProvider(config) as stub:
-        conn.send(stub.base_url)
+        profiles = {name: config.profile_for(name).describe() for name in config.models}
+        conn.send((stub.base_url, profiles))  # the profiles as the child sees them
         loop = asyncio.get_running_loop()
         while (command := await loop.run_in_executor(None, conn.recv)) != "stop":
             conn.send(Counter((r.model, r.outcome) for r in stub.requests))
@@ -62,18 +62,30 @@ async def _stub_main(config: StubConfig, conn: Connection) -> None:
 
 
 class StubProcess:
+    """The chaos stub served by a child process; `counts()` returns what it has seen."""
+
     def __init__(self, config: StubConfig) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve_stub, args=(config.model_dump_json(), child),
-                                daemon=True)
+        # exclude_unset: a per-model profile overrides only the fields it sets
+        self.proc = ctx.Process(target=_serve_stub, daemon=True,
+                                args=(config.model_dump_json(exclude_unset=True), child))
         self.proc.start()
-        self.base_url: str = self.conn.recv()
+        self.base_url, self.profiles = self.conn.recv()
 
     def counts(self, reset: bool = False) -> Counter[tuple[str, str]]:
         self.conn.send("reset" if reset else "counts")
         counts: Counter[tuple[str, str]] = self.conn.recv()
         return counts
+
+    def cpu(self) -> float:
+        """CPU seconds the stub process has used (Linux /proc; 0 elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
 
     def close(self) -> None:
         self.conn.send("stop")
@@ -84,23 +96,25 @@ class StubProcess:
 
 # -- the pipeline ---------------------------------------------------------------------------
 
-def pipeline_yaml(base_url: str, transport: str) -> str:
+def pipeline_yaml(base_url: str, transport: str, breaker: str | None) -> str:
     hosted = "".join(
         f'  {name}: {{model: openai/{name}, api_base: "{base_url}", api_key: stub, '
         f"timeout: {TIER_TIMEOUT}, transport: {transport}}}\n" for name in HOSTED)
     return (
         "version: 1\nname: bench-fallback\nmodels:\n" + hosted
         + "  local: {model: local/kb}\n"
-        + f"defaults: {{timeout: {DEADLINE}, retry: {{attempts: 3, backoff: 50ms}}}}\n"
+        + f"defaults: {{timeout: {DEADLINE}, retry: {{attempts: 3, backoff: 50ms}}"
+        + (f", breaker: {breaker}" if breaker else "") + "}\n"
         + "stages:\n  answer:\n    type: generate\n    with:\n"
         + "      models: [smart, cheap, fast, local]\n"
         + '      messages: [{role: user, content: "{{ input.q }}"}]\n'
         + '      static_response: "We will reply by email."\n')
 
 
-def build(base_url: str, transport: str) -> tuple[CompiledPipeline, Resources]:
+def build(base_url: str, transport: str, breaker: str | None
+          ) -> tuple[CompiledPipeline, Resources]:
     resources = Resources()
-    spec = parse_spec(pipeline_yaml(base_url, transport), "<bench-fallback>")
+    spec = parse_spec(pipeline_yaml(base_url, transport, breaker), "<bench-fallback>")
     return compile_pipeline(spec, Registry.from_entry_points(), resources=resources), resources
 
 
@@ -141,16 +155,15 @@ def report(results: list[RunResult], count: int, wall: float,
                      if a["outcome"] not in SKIPS and a["attempt"] == 1)
     outcomes = Counter((a["tier"], a["outcome"]) for a in attempts)
     print(f"  {'tier':<6} {'stub calls':>10} {'engine calls':>12} {'first':>6} "
-          f"{'retries':>7} {'retry ratio':>11}   stub outcomes | engine skips")
+          f"{'retries':>7} {'retry ratio':>11}   stub outcomes | engine attempts")
     for tier in (*HOSTED, "local"):
         seen = {o: n for (m, o), n in sorted(stub_counts.items()) if m == tier}
         stub_calls = sum(seen.values()) if tier in HOSTED else calls[tier]
         retries = calls[tier] - firsts[tier]
-        skips = {s: outcomes[tier, s] for s in SKIPS if outcomes[tier, s]}
         mix = " ".join(f"{o}:{n}" for o, n in seen.items()) or "(in process)"
+        kinds = " ".join(f"{o}:{n}" for (t, o), n in sorted(outcomes.items()) if t == tier)
         print(f"  {tier:<6} {stub_calls:>10} {calls[tier]:>12} {firsts[tier]:>6} "
-              f"{retries:>7} {pct(retries, firsts[tier]):>11}   {mix} | "
-              + (" ".join(f"{s}:{n}" for s, n in skips.items()) or "-"))
+              f"{retries:>7} {pct(retries, firsts[tier]):>11}   {mix} | {kinds or '-'}")
     hosted_stub = sum(n for (m, _), n in stub_counts.items() if m in HOSTED)
     hosted_calls = sum(calls[t] for t in HOSTED)
     hosted_firsts = sum(firsts[t] for t in HOSTED)
@@ -162,19 +175,35 @@ def report(results: list[RunResult], count: int, wall: float,
               f"{hosted_calls}")
 
 
-async def measure(stub: StubProcess, count: int, transport: str) -> None:
-    pipeline, resources = build(stub.base_url, transport)
+def watch_breakers(pipeline: CompiledPipeline, moves: list[str], start: list[float]) -> None:
+    """Log every breaker transition of the hosted tiers, with seconds since the batch began."""
+    pyramid = pipeline.stages["answer"].stage.pyramid  # type: ignore[attr-defined]
+    for name, tier in pyramid.tiers:
+        if name in HOSTED:
+            def log(_: str, old: str, new: str, at: float, name: str = name) -> None:
+                moves.append(f"{name} {old}->{new} at {time.perf_counter() - start[0]:.1f} s")
+
+            pyramid.resources.breaker(tier.model, pyramid.breaker_spec).on_transition(log)
+
+
+async def measure(stub: StubProcess, count: int, transport: str, breaker: str | None) -> None:
+    pipeline, resources = build(stub.base_url, transport, breaker)
+    moves: list[str] = []
+    start = [time.perf_counter()]
+    watch_breakers(pipeline, moves, start)
     results: list[RunResult] = []
     items = (InputRecord(i, {"q": f"question {i}"}) for i in range(count))
     try:
         await pipeline.warm_up()  # run_batch warms up too; done here to keep it out of `wall`
         stub.counts(reset=True)
-        start = time.perf_counter()
+        start[0] = time.perf_counter()
         await run_batch(pipeline, items, results.append, concurrency=CONCURRENCY)
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start[0]
     finally:
         await resources.aclose()
     report(results, count, wall, stub.counts())
+    print(f"  breaker transitions ({breaker or 'default breaker'}): "
+          + ("; ".join(moves) if moves else "none"))
 
 
 def main() -> None:
@@ -182,6 +211,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 records instead of 2,000")
     parser.add_argument("--transport", choices=["litellm", "direct"], default="litellm",
                         help="how the hosted tiers are called (default: litellm)")
+    parser.add_argument("--breaker", metavar="YAML",
+                        help='defaults.breaker, e.g. "{window: 100, min_calls: 50}"')
     args = parser.parse_args()
     count = 300 if args.quick else 2000
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, pid {os.getpid()}")
@@ -189,11 +220,11 @@ def main() -> None:
     stub = StubProcess(config)
     try:
         print(f"stub (separate process) at {stub.base_url}: hosted tiers "
-              f"{config.profile_for('smart').describe()}, Retry-After {config.retry_after:g} s")
+              f"{stub.profiles['smart']}, Retry-After {config.retry_after:g} s")
         print(f"{count} records, concurrency {CONCURRENCY}, pyramid {'/'.join(TIERS)}, "
               f"transport {args.transport}, tier timeout {TIER_TIMEOUT}, deadline {DEADLINE}, "
               "retry 3 attempts, backoff 50 ms (full jitter)")
-        asyncio.run(measure(stub, count, args.transport))
+        asyncio.run(measure(stub, count, args.transport, args.breaker))
     finally:
         stub.close()
 

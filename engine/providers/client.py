@@ -70,6 +70,7 @@ class ModelClient:
     def __init__(self) -> None:
         self._direct: dict[tuple[str | None, str | None], AsyncOpenAI] = {}
         self._litellm: Any = None
+        self._rates: dict[str, tuple[float, float]] = {}
 
     @property
     def litellm(self) -> Any:
@@ -93,9 +94,13 @@ class ModelClient:
     async def warm_up(self, tiers: Iterable[ModelTier]) -> None:
         """Import litellm (seconds) and register the local model before the first call."""
         tiers = list(tiers)
-        if any(tier.transport == "litellm" for tier in tiers):
-            await asyncio.to_thread(lambda: self.litellm)
         local = [tier for tier in tiers if tier.model.startswith("local/")]
+        hosted = [tier for tier in tiers if tier not in local]
+        if local or any(tier.transport == "litellm" or tier.price is None for tier in hosted):
+            await asyncio.to_thread(lambda: self.litellm)  # also prices the direct tiers
+        for tier in hosted:
+            if tier.price is None:
+                self.rates(tier.model)
         if local:
             from engine.providers.local import register_local_provider
 
@@ -178,12 +183,20 @@ class ModelClient:
             return (input_tokens * tier.price.input + output_tokens * tier.price.output) / 1e6
         if tier.model.startswith("local/"):
             return 0.0
-        try:
-            prompt, completion = self.litellm.cost_per_token(
-                model=tier.model, prompt_tokens=input_tokens, completion_tokens=output_tokens)
-        except Exception:  # a model litellm has no price for: say 0 rather than fail the call
-            return 0.0
-        return float(prompt + completion)
+        per_input, per_output = self.rates(tier.model)
+        return input_tokens * per_input + output_tokens * per_output
+
+    def rates(self, model: str) -> tuple[float, float]:
+        """USD per input and output token from litellm's cost map, looked up once per model
+        (a model it has no price for costs 0; tiered prices above a size are ignored)."""
+        if model not in self._rates:
+            try:
+                rate = self.litellm.cost_per_token(model=model, prompt_tokens=1_000_000,
+                                                   completion_tokens=1_000_000)
+                self._rates[model] = (rate[0] / 1e6, rate[1] / 1e6)
+            except Exception:  # not in the cost map: say 0 rather than fail the call
+                self._rates[model] = (0.0, 0.0)
+        return self._rates[model]
 
 
 async def _consume(stream: Any, on_token: Callable[[str], None] | None, started: float

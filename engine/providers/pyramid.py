@@ -12,6 +12,7 @@ not. A stream that broke after its first token is never retried: it propagates.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -132,8 +133,10 @@ class Pyramid:
             return None, Attempt(name, number, "breaker_open", breaker=_moved(before, breaker))
         started = time.perf_counter()
         try:
-            completion = await self.resources.models.complete(
-                tier, messages, timeout=timeout, stream=self.stream, headers=headers)
+            # The SDKs' timeouts are per read; a reply trickling in could outlast them.
+            async with asyncio.timeout(timeout):
+                completion = await self.resources.models.complete(
+                    tier, messages, timeout=timeout, stream=self.stream, headers=headers)
         except StreamInterrupted:
             await breaker.record(permit, False)
             raise
