@@ -129,6 +129,24 @@ def stub_provider(
     return command(port, config, latency, failure_rate, faults, seed, quiet)
 
 
+class CacheAction(StrEnum):
+    clear = "clear"
+    stats = "stats"
+
+
+@app.command()
+def cache(
+    action: Annotated[CacheAction, typer.Argument(help="clear, or stats.")],
+    file: PipelineFile,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="Clear only entries whose scope starts with these values.")] = None,
+) -> int:
+    """Clear or inspect a pipeline's shared cache: `engine cache clear FILE [--scope T]`."""
+    from engine.commands.cache import cache as command
+
+    return command(action.value, file, scope or [])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:

@@ -9,24 +9,27 @@ in a later issue, back the stores with Redis so replicas behave as one).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from engine.providers.breaker import Breakers, BreakerStore, CircuitBreaker, MemoryBreakerStore
 from engine.providers.client import ModelClient
 from engine.providers.idempotency import IdempotencyStore, MemoryIdempotency
 from engine.providers.retry import RetryBudget
 from engine.resources.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from engine.spec.models import Breaker
+from engine.spec.models import Breaker, Resource
 
 if TYPE_CHECKING:
+    from engine.cache.store import CacheStore
     from engine.resources.embeddings import Embedder
 
 __all__ = ["Resources"]
 
 IDEMPOTENCY_TTL = 24 * 3600.0
+_log = logging.getLogger(__name__)
 
 
 class Resources:
@@ -36,12 +39,15 @@ class Resources:
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         breaker_store: BreakerStore | None = None,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
         self.clock = clock
+        self.wall = wall
+        """Wall-clock seconds, for what must agree across processes (cache entry ages)."""
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.models = ModelClient()
@@ -51,18 +57,51 @@ class Resources:
         self._budgets: dict[str, RetryBudget] = {}
         self._limiters: dict[str | None, RateLimiter] = {}
         self._embedder: Embedder | None = None
+        self._caches: dict[str, CacheStore] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     def breaker(self, model: str, spec: Breaker) -> CircuitBreaker:
         if self._breakers is None:
             self._breakers = Breakers(spec, store=self._breaker_store, clock=self.clock)
         return self._breakers.get(model)
 
+    async def settle(self) -> None:
+        """Wait for the background work started so far (stores in flight, say)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def aclose(self) -> None:
-        """Release connections; the owner of the resources calls it when the run ends."""
+        """Finish background work, release connections; the owner calls it at the end."""
+        await self.settle()
         await self.models.aclose()
         for limiter in self._limiters.values():
             await limiter.aclose()
+        for cache in self._caches.values():
+            await cache.aclose()
         self._limiters.clear()
+        self._caches.clear()
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` off the request's critical path (storing a cache entry, say); `aclose`
+        waits for it. A failure is logged, never raised into a request."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("background work failed: %r", task.exception())
+
+    def cache(self, name: str, spec: Resource) -> CacheStore:
+        """The cache resource `name`: in this process, or shared through Redis."""
+        if name not in self._caches:
+            from engine.cache.store import open_store
+
+            backend = str(getattr(spec, "backend", "memory"))
+            max_entries = int(getattr(spec, "max_entries", 100_000))
+            self._caches[name] = open_store(backend, max_entries=max_entries, clock=self.wall)
+        return self._caches[name]
 
     def rate_limiter(self, redis_url: str | None) -> RateLimiter:
         """This process's buckets, or the buckets shared by every process using `redis_url`."""

@@ -1,0 +1,101 @@
+"""What a cached answer is filed under, so that an answer is only ever served for the same
+question asked of the same pipeline, in the same scope, with the same prompts and models.
+
+- The *key text* is normalized (NFKC, case folded, whitespace collapsed): "Reset  my
+  Password" and "reset my password" are one question. A key that renders to data (a whole
+  conversation, say) is serialized canonically, so every turn takes part.
+- The *fingerprint* hashes the pipeline as loaded — every stage's config, the models and
+  their parameters — and the content of every file a stage names (prompt templates): editing
+  a prompt or a parameter never serves old answers. It is deliberately the whole pipeline,
+  not only what lies downstream of the cache stage: over-invalidating costs a few misses
+  after a deploy; under-invalidating serves wrong answers.
+- The *partition* = pipeline + scope values + fingerprint. Semantic search never crosses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.spec.models import PipelineSpec
+
+__all__ = ["CacheControl", "exact_key", "fingerprint", "key_text", "partition"]
+
+_SPACES = re.compile(r"\s+")
+
+
+def key_text(value: Any) -> str:
+    """The normalized text a cache entry is keyed (and embedded) by."""
+    if not isinstance(value, str):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", value).casefold()).strip()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def fingerprint(spec: PipelineSpec, base_dir: Path) -> str:
+    """A hash of everything in the pipeline that can shape an answer (see module docstring)."""
+    dumped = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True,
+                        default=str)
+    files = [f"{path}\0{path.read_text(encoding='utf-8', errors='replace')}"
+             for path in sorted(set(_named_files(spec, base_dir)))]
+    return _digest(dumped, *files)
+
+
+def _named_files(spec: PipelineSpec, base_dir: Path) -> Iterator[Path]:
+    """Files that stage configs name by a relative path (prompt templates and the like)."""
+    for stage in spec.stages.values():
+        for value in _strings(stage.with_):
+            if len(value) < 256 and "\n" not in value and "{" not in value:
+                path = base_dir / value
+                if path.is_file():
+                    yield path
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def partition(pipeline: str, scope: Sequence[str], print_: str) -> str:
+    return _digest(pipeline, json.dumps(list(scope)), print_)
+
+
+def exact_key(partition_: str, text: str) -> str:
+    return _digest(partition_, text)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """HTTP `Cache-Control` semantics: `no-cache` skips the lookup, `no-store` skips storing,
+    `max-age=N` serves only entries younger than N seconds."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: float | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> CacheControl:
+        if not value:
+            return cls()
+        directives = [d.strip().lower() for d in str(value).split(",") if d.strip()]
+        max_age = None
+        for directive in directives:
+            name, _, number = directive.partition("=")
+            if name == "max-age" and number.strip().isdigit():
+                max_age = float(number)
+        return cls("no-cache" in directives, "no-store" in directives, max_age)
