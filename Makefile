@@ -18,6 +18,7 @@ install: $(STAMP)
 run: $(STAMP)
 	mkdir -p runs
 	$(BIN)/engine run pipelines/support_triage.yaml --input pipelines/data/tickets.jsonl \
+		--concurrency 1 \
 		--output runs/support_triage.jsonl --trace
 	@echo "results: runs/support_triage.jsonl"
 

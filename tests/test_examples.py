@@ -42,7 +42,7 @@ async def test_flagship_triages_its_sample_tickets() -> None:
     source = ROOT / "pipelines" / "data" / "tickets.jsonl"
     results = []
     with source.open() as handle:
-        await run_batch(pipeline, read_jsonl(handle), results.append, concurrency=4)
+        await run_batch(pipeline, read_jsonl(handle), results.append, concurrency=1)
     await pipeline.resources.aclose()
     by_id = {r.id: r for r in results}
     assert len(results) == len(source.read_text().splitlines())
@@ -64,11 +64,19 @@ async def test_flagship_triages_its_sample_tickets() -> None:
     assert (attack.finished_by, attack.output["blocked"]) == ("refuse", "injection")
     trace = json.dumps([event.to_json() for event in by_id["T-1013"].events])
     assert "4111" not in trace and "jane.doe@example.com" not in trace
+    # The cache: the same ticket again, and a paraphrase, are answered without the models.
+    again, paraphrase = by_id["T-1015"], by_id["T-1016"]
+    assert (again.finished_by, again.events[-1].notes["cache"]) == ("lookup", "exact")
+    assert again.output == refund
+    assert (paraphrase.finished_by, paraphrase.events[-1].notes["cache"]) == (
+        "lookup", "semantic")
+    assert paraphrase.output == by_id["T-1005"].output
 
 
 README_RUNS = {
     "greeter": ({"name": "ada"}, lambda out: out == {"greeting": "Hello, ADA!"}),
     "answerer": ({"question": "Where is my invoice?"}, lambda out: out["tier"] == "local"),
+    "cached": ({"question": "hi", "tenant": "t"}, lambda out: out == "answer to hi"),
     "guarded": ({"ticket": "I'm jo@example.com", "user_id": "u1", "ai_consent": True},
                 lambda out: out == "I'm jo@example.com"),
 }
