@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from engine.spec.models import Breaker
 
@@ -74,17 +74,18 @@ class BreakerStore(Protocol):
 
 
 class MemoryBreakerStore:
-    """One process. Stores copies, so nothing outside the breaker can alias its state."""
+    """One process. Keeps each breaker's own state object: only that breaker uses it, under
+    its lock, and `snapshot()` hands out copies. (Copying on every load and save cost ~30 µs
+    per model call, a fifth of the direct path's overhead in bench/generate.py.)"""
 
     def __init__(self) -> None:
-        self._data: dict[str, dict[str, Any]] = {}
+        self._data: dict[str, BreakerState] = {}
 
     async def load(self, name: str) -> BreakerState | None:
-        data = self._data.get(name)
-        return None if data is None else BreakerState(**data).copy()
+        return self._data.get(name)
 
     async def save(self, name: str, state: BreakerState) -> None:
-        self._data[name] = asdict(state)
+        self._data[name] = state
 
 
 @dataclass

@@ -12,10 +12,9 @@ not. A stream that broke after its first token is never retried: it propagates.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.providers.breaker import CircuitBreaker
@@ -51,7 +50,13 @@ class Attempt:
     """The breaker's transition during this attempt, e.g. `closed→open`."""
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out: dict[str, Any] = {"tier": self.tier, "attempt": self.attempt,
+                               "outcome": self.outcome, "duration_ms": self.duration_ms}
+        for name in ("detail", "wait_ms", "breaker"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +138,8 @@ class Pyramid:
             return None, Attempt(name, number, "breaker_open", breaker=_moved(before, breaker))
         started = time.perf_counter()
         try:
-            # The SDKs' timeouts are per read; a reply trickling in could outlast them.
-            async with asyncio.timeout(timeout):
-                completion = await self.resources.models.complete(
-                    tier, messages, timeout=timeout, stream=self.stream, headers=headers)
+            completion = await self.resources.models.complete(
+                tier, messages, timeout=timeout, stream=self.stream, headers=headers)
         except StreamInterrupted:
             await breaker.record(permit, False)
             raise
