@@ -2,7 +2,8 @@
 question asked of the same pipeline, in the same scope, with the same prompts and models.
 
 - The *key text* is normalized (NFKC, case folded, whitespace collapsed): "Reset  my
-  Password" and "reset my password" are one question. A key that renders to data (a whole
+  Password" and "reset my password" are one question. Semantic search and the near-miss
+  guards read the same text with its case kept. A key that renders to data (a whole
   conversation, say) is serialized canonically, so every turn takes part.
 - The *fingerprint* hashes the pipeline as loaded — every stage's config, the models and
   their parameters — and the content of every file a stage names (prompt templates): editing
@@ -25,16 +26,22 @@ from typing import Any
 
 from engine.spec.models import PipelineSpec
 
-__all__ = ["CacheControl", "exact_key", "fingerprint", "key_text", "partition"]
+__all__ = ["CacheControl", "exact_key", "fingerprint", "key_text", "partition", "query_text"]
 
 _SPACES = re.compile(r"\s+")
 
 
-def key_text(value: Any) -> str:
-    """The normalized text a cache entry is keyed (and embedded) by."""
+def query_text(value: Any) -> str:
+    """The question as embedded and as the near-miss guards read it: NFKC, whitespace
+    collapsed, case kept (the guards tell named entities by their capitals)."""
     if not isinstance(value, str):
         value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", value).casefold()).strip()
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip()
+
+
+def key_text(query: str) -> str:
+    """The text an exact entry is keyed by: the query text, case folded."""
+    return query.casefold()
 
 
 def _digest(*parts: str) -> str:

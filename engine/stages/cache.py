@@ -30,7 +30,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from engine.cache.keys import CacheControl, exact_key, fingerprint, key_text, partition
+from engine.cache.keys import (
+    CacheControl,
+    exact_key,
+    fingerprint,
+    key_text,
+    partition,
+    query_text,
+)
 from engine.runtime.context import StageContext
 from engine.spec.types import Duration, ResourceRefStr
 from engine.stages.base import Finish, Setup, SetupError, Stage, StageConfig
@@ -74,10 +81,10 @@ class CacheStage(Stage[CacheConfig]):
 
     async def run(self, ctx: StageContext) -> Any:
         store = self.resources.cache(self.config.resource, self.spec)
-        text = key_text(ctx.render(self.config.key))
+        text = query_text(ctx.render(self.config.key))
         scope = [str(ctx.render(item)) for item in self.config.scope]
         part = partition(self.pipeline, scope, self.fingerprint)
-        key = exact_key(part, text)
+        key = exact_key(part, key_text(text))
         control = CacheControl.parse(ctx.render(self.config.control)
                                      if self.config.control is not None else None)
         vector = None
