@@ -69,6 +69,7 @@ from engine.cache.store import (
     checked_vector,
     scope_matches,
 )
+from engine.resources.redis import connect
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -178,20 +179,10 @@ class RedisCache:
                  dim: int = DIMENSIONS, stream_maxlen: int = 100_000, timeout: float = 0.25,
                  cooldown: float = 1.0, sync_interval: float = 0.0,
                  read_batch: int = 1000) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        if isinstance(client, str):
-            self._client: Redis = Redis.from_url(
-                client, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._owned = True
-        else:
-            if client.connection_pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("RedisCache needs a client without decode_responses")
-            self._client, self._owned = client, False
+        if not isinstance(client, str) and client.connection_pool.connection_kwargs.get(
+                "decode_responses"):
+            raise ValueError("RedisCache needs a client without decode_responses")
+        self._client, self._owned = connect(client, timeout)
         self.prefix = prefix
         self.dim = dim
         self.stream_maxlen = stream_maxlen

@@ -244,18 +244,9 @@ class RedisRateLimiter(_Limiter):
 
     def __init__(self, client: str | Redis, *, prefix: str = "engine:ratelimit:",
                  timeout: float = 1.0) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        from engine.resources.redis import connect
 
-        if isinstance(client, str):
-            self._client: Redis = Redis.from_url(
-                client, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._owned = True
-        else:
-            self._client, self._owned = client, False
+        self._client, self._owned = connect(client, timeout)
         self.prefix = prefix
         self._sha: str | None = None
 
