@@ -491,7 +491,7 @@ async def test_a_hung_redis_costs_one_timeout_then_nothing(silent_port: int) -> 
         assert await cache.get("k") is None
         assert await cache.nearest("p1", unit(1)) == []
         await cache.put(entry("k"))
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 5  # waiting 0.2 s per call would take 120 s
     assert cache._counters.values["errors"] == 301
     await cache.aclose()
 

@@ -377,7 +377,7 @@ async def test_stop_is_prompt_with_a_hung_request() -> None:
         await stub.wait_for_requests(1)
         started = time.monotonic()
         await stub.stop()
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5  # not the client's 30 s timeout
         with pytest.raises(openai.APIConnectionError):  # dropped, not answered
             await asyncio.wait_for(call, 2)
 
