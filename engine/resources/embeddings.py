@@ -32,6 +32,10 @@ __all__ = ["DIMENSIONS", "Embedder"]
 DIMENSIONS = 384
 
 
+_BATCHED = 8
+"""A pass of at least this many texts counts as batched (see `batch_threads`)."""
+
+
 class Embedder:
     """`await embed(texts)` → L2-normalised float32 vectors of shape (len(texts), 384)."""
 
@@ -46,8 +50,11 @@ class Embedder:
         self.max_batch = max_batch
         self.max_wait = max_wait
         # Intra-op threads: all cores but one (at least 1), leaving the event loop a core on a
-        # 2-core box; more threads than cores makes each pass slower, not faster.
+        # 2-core box; more threads than cores makes each pass slower, not faster. A batched
+        # pass (many waiting requests) may use every core: the loop is waiting on it anyway,
+        # and a batch of 64 costs 2.4 instead of 4.3 ms per text with 2 threads here.
         self.threads = threads or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.batch_threads = max(self.threads, min(4, os.cpu_count() or 1))
         self.model_path = model_path
         self.forward_passes = 0
         self.texts_embedded = 0
@@ -85,6 +92,7 @@ class Embedder:
         import torch
 
         model = self._load()
+        torch.set_num_threads(self.batch_threads if len(texts) >= _BATCHED else self.threads)
         with torch.inference_mode():
             vectors = model.encode(
                 texts, batch_size=max(len(texts), 1), convert_to_numpy=True,
