@@ -21,6 +21,7 @@ from typing import Any
 
 import cache_eval
 import numpy as np
+from report import Row, print_table
 
 from engine.cache.index import DEFAULT_HNSW_ABOVE
 from engine.cache.keys import exact_key, key_text, partition, query_text
@@ -36,7 +37,6 @@ PART = partition("bench", ["acme"], "fingerprint")
 THRESHOLD = 0.95  # the stage's default. GPTCache scores 4 - L2² (L2² = 2 - 2 cos) against 4 t:
 GPT_THRESHOLD = (4 - (2 - 2 * THRESHOLD)) / 4  # 0.975 is cosine 0.95
 SIZES = (1_000, 10_000, 100_000)
-Row = tuple[str, str, str, bool]
 
 
 def rss() -> int:
@@ -287,12 +287,7 @@ def main() -> None:
     quick = parser.parse_args().quick
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, pid {os.getpid()}")
-    rows = asyncio.run(measure(quick))
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>10}  {'target':>9}  result")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>10}  {target:>9}  {'pass' if ok else 'FAIL'}")
-    print("(informational: the exit status never depends on a figure)")
+    print_table(asyncio.run(measure(quick)))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fallback import StubProcess  # the sibling script: python puts bench/ on sys.path
+from report import Row, print_table
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.providers.client import load_litellm
@@ -39,7 +40,6 @@ SLOW = 0.2  # stub latency of model `slow`, for (c)
 MESSAGES = [{"role": "user", "content": "hello"}]
 EXPECTED = "echo: hello"
 Runner = Callable[[], Awaitable[str]]
-Row = tuple[str, str, str, bool]  # measure, value, target, pass
 
 
 def stub_config() -> StubConfig:
@@ -269,12 +269,6 @@ async def measure(stub: StubProcess, quick: bool) -> list[Row]:
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>8}  {'target':>8}  result")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>8}  {target:>8}  {'pass' if ok else 'FAIL'}")
-    print("(pass/fail is informational: this script never fails on a figure)")
 
 
 def main() -> None:

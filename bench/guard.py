@@ -36,8 +36,8 @@ from engine.spec import parse_spec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import injection_eval  # bench/ scripts: reused, not copied
 import pii
+from report import Row, print_table
 
-Row = tuple[str, str, str, bool | None]  # measure, value, target, pass (None: informational)
 PII, NO_EMBED = "pii: {action: pseudonymize}\n", "injection: {embeddings: false}"
 CONFIGS = {"rules": NO_EMBED, "+pii": PII + NO_EMBED, "full": PII + "injection: {embeddings: true}"}
 SIZES = {"1 KB": 1024, "10 KB": 10240}
@@ -231,13 +231,6 @@ async def measure(quick: bool) -> list[Row]:
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>20}  {'target':>16}  result")
-    for name, value, target, ok in rows:
-        result = "-" if ok is None else "pass" if ok else "FAIL"
-        print(f"{name:<{width}}  {value:>20}  {target:>16}  {result}")
-    print("(pass/fail is informational: this script never fails on a figure)")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from report import Row, print_table
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.registry import Registry
@@ -37,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAIN = 7
 CONCURRENCY = 64
 Runner = Callable[[dict[str, int]], Awaitable[Any]]
-Row = tuple[str, str, str, bool]  # measure, value, target, pass
 
 
 class StepConfig(StageConfig):
@@ -276,12 +276,6 @@ async def measure(quick: bool) -> list[Row]:
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>12}  {'target':>12}  result")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>12}  {target:>12}  {'pass' if ok else 'FAIL'}")
-    print("(pass/fail is informational: this script never fails on a figure)")
 
 
 def main() -> None:
