@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint schema bench clean
+.PHONY: install redis run test lint schema bench clean
 
 # torch first, pinned: 2.13.0 is a CPU build on local disk; unpinned pulls a multi-GB CUDA one.
 $(STAMP): pyproject.toml
@@ -22,7 +22,12 @@ run: $(STAMP)
 		--output runs/support_triage.jsonl --trace
 	@echo "results: runs/support_triage.jsonl"
 
-test: $(STAMP)
+# The Redis tests start a throwaway redis-server on 127.0.0.1; Debian packages it.
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+test: $(STAMP) redis
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -71,8 +71,9 @@ def test_engine_plugins_lists_the_installed_stage(site: Path) -> None:
 def test_not_listed_when_not_installed(tmp_path: Path) -> None:
     found = python("-c", "import importlib.util as u; print(u.find_spec('engine_extract'))",
                    cwd=tmp_path)
-    if found.strip() != "None":
-        pytest.skip("engine-extract is installed into this environment itself")
+    assert found.strip() == "None", (
+        "engine-extract is installed into the test environment itself; this test installs "
+        "it into a temporary folder and needs an environment without it")
     listing = python("-m", "engine", "plugins", cwd=tmp_path)
     assert extract_row(listing) is None, listing
     assert "template" in listing  # the listing itself worked

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
@@ -146,16 +147,20 @@ def _checked(limits: Sequence[Limit]) -> Sequence[Limit]:
     return limits
 
 
-class _Limiter:
+class _Limiter(ABC):
+    """What both limiters share: one bucket is the one-limit case of `acquire_all`."""
+
     async def acquire(self, key: str, rate: Rate | str, cost: int = 1) -> Decision:
         """Draw `cost` tokens from one bucket."""
         return await self.acquire_all([Limit(key, parse_rate(rate), cost)])
 
+    @abstractmethod
     async def acquire_all(self, limits: Sequence[Limit]) -> Decision:
-        raise NotImplementedError
+        """Draw from every bucket, or from none (see the module docstring)."""
 
+    @abstractmethod
     async def aclose(self) -> None:
-        return None
+        """Release the connection, if the limiter owns one."""
 
 
 class MemoryRateLimiter(_Limiter):
@@ -171,6 +176,9 @@ class MemoryRateLimiter(_Limiter):
         self._tat: dict[str, float] = {}
         self._min_sweep = min_sweep
         self._next_sweep = min_sweep
+
+    async def aclose(self) -> None:
+        """Nothing to release: the buckets are plain memory."""
 
     def __len__(self) -> int:
         return len(self._tat)
