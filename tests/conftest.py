@@ -16,7 +16,7 @@ from engine.stages.route import RouteStage
 from engine.stages.template import TemplateStage
 from engine.template import TemplateStr
 
-pytest_plugins = ["redis_server"]  # the real, throwaway redis-server fixtures
+pytest_plugins = ["redis_server", "resources_pool"]  # a throwaway redis-server; closing
 
 
 class LlmConfig(StageConfig):

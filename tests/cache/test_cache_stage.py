@@ -3,10 +3,9 @@ nothing crosses a scope, a prompt change or a near miss."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
+from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.registry import Registry
@@ -22,20 +21,8 @@ class Wall:
         return self.now
 
 
-OPENED: list[Resources] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_resources() -> AsyncIterator[None]:
-    yield
-    while OPENED:
-        await OPENED.pop().aclose()
-
-
 def resources(wall: Wall | None = None) -> Resources:
-    made = Resources(wall=wall) if wall else Resources()
-    OPENED.append(made)
-    return made
+    return opened(wall=wall) if wall else opened()
 
 
 def build(res: Resources, *, mode: str = "exact", backend: str = "memory",

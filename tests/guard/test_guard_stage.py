@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.errors import SpecError
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import StubConfig
 from engine.registry import Registry
-from engine.resources import Resources
 from engine.spec import parse_spec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pii" / "labelled.jsonl"
@@ -37,16 +37,6 @@ class FakeClock:
 async def stub() -> AsyncIterator[StubProvider]:
     async with StubProvider(StubConfig()) as provider:
         yield provider
-
-
-OPENED: list[Resources] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_resources() -> AsyncIterator[None]:
-    yield
-    while OPENED:
-        await OPENED.pop().aclose()
 
 
 HUMAN = ("  human:\n    type: fallback\n    needs: [guard]\n"
@@ -68,8 +58,7 @@ def build(stub: StubProvider, guard: str, clock: FakeClock | None = None,
         + (HUMAN if "fallback: human" in guard else "")
         + 'output: "{{ stages.answer.output.text }}"\n'
     )
-    resources = Resources(clock=clock) if clock else Resources()
-    OPENED.append(resources)
+    resources = opened(clock=clock) if clock else opened()
     return compile_pipeline(parse_spec(text), Registry.from_entry_points(), resources=resources)
 
 

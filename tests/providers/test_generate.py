@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.errors import SpecError
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import StubConfig
 from engine.registry import Registry
-from engine.resources import Resources
 from engine.spec import parse_spec
 
 
@@ -49,17 +49,6 @@ def fake() -> FakeTime:
     return FakeTime()
 
 
-OPENED: list[Resources] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_resources() -> AsyncIterator[None]:
-    """Close every pipeline's connections before its stub goes away."""
-    yield
-    while OPENED:
-        await OPENED.pop().aclose()
-
-
 def tier(stub: StubProvider, name: str, timeout: str = "2s", **extra: str) -> str:
     fields = ", ".join(f"{k}: {v}" for k, v in extra.items())
     return (f'{name}: {{model: openai/{name}, api_base: "{stub.base_url}", api_key: stub, '
@@ -72,8 +61,7 @@ def build(stub: StubProvider, fake: FakeTime | None, stage: str, *, tiers: list[
     models = "\n".join("  " + t for t in tiers)
     text = (f"version: 1\nname: gen\nmodels:\n{models}\ndefaults: {defaults}\n"
             f"stages:\n  answer:\n{textwrap.indent(textwrap.dedent(stage), '    ')}")
-    resources = Resources(clock=fake.clock, sleep=fake.sleep) if fake else Resources()
-    OPENED.append(resources)
+    resources = opened(clock=fake.clock, sleep=fake.sleep) if fake else opened()
     return compile_pipeline(parse_spec(text, base_dir=base_dir), Registry.from_entry_points(),
                             resources=resources)
 
