@@ -1,9 +1,9 @@
 """The `engine` command: verbs wired to the functions in `engine.commands`.
 
-This is the only place that calls `asyncio.run` (through `engine run`). Every verb returns its
-exit code; `main(argv)` returns it too, so tests call the CLI without a subprocess. Heavy
-libraries are imported by the stages that need them, never here: `engine --help` and
-`engine validate` stay fast.
+Only the verbs' command modules start an event loop (`asyncio.run`); library code never does.
+Every verb returns its exit code; `main(argv)` returns it too, so tests call the CLI without
+a subprocess. Heavy libraries are imported by the stages that need them, never here:
+`engine --help` and `engine validate` stay fast.
 """
 
 from __future__ import annotations

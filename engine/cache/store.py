@@ -94,10 +94,6 @@ class CacheEntry:
         """Wall-clock second at which the entry stops being served."""
         return self.created + self.ttl
 
-    def age(self, now: float | None = None) -> float:
-        """Seconds since the entry was stored."""
-        return (time.time() if now is None else now) - self.created
-
     def to_json(self) -> dict[str, Any]:
         """The entry without its vector, as JSON-ready data."""
         return {"key": self.key, "partition": self.partition, "pipeline": self.pipeline,

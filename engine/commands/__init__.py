@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from rich.console import Console
+
+from engine.errors import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    from engine.compile import CompiledPipeline
+    from engine.registry import Registry
 
 __all__ = [
     "EXIT_BAD_SPEC",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_RECORD_ERRORS",
+    "compile_or_report",
     "print_diagnostics",
     "stderr",
     "stdout",
@@ -28,8 +39,22 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def print_diagnostics(console: Console, diagnostics: object) -> None:
+def print_diagnostics(console: Console, diagnostics: Iterable[Diagnostic]) -> None:
     """Diagnostics are user text (YAML paths contain `[0]`): never parse them as markup."""
-    for diagnostic in diagnostics:  # type: ignore[attr-defined]
+    for diagnostic in diagnostics:
         style = "red" if diagnostic.severity == "error" else "yellow"
         console.print(str(diagnostic), style=style, markup=False)
+
+
+def compile_or_report(file: Path, registry: Registry | None = None) -> CompiledPipeline | None:
+    """Compile `file`, printing its warnings; on errors print them all and return None (the
+    verb then exits with EXIT_BAD_SPEC)."""
+    from engine.compile import compile_file
+
+    try:
+        pipeline = compile_file(file, registry)
+    except SpecError as exc:
+        print_diagnostics(stderr(), exc.diagnostics)
+        return None
+    print_diagnostics(stderr(), pipeline.warnings)
+    return pipeline

@@ -14,19 +14,15 @@ from engine.commands import (
     EXIT_BAD_SPEC,
     EXIT_OK,
     EXIT_RECORD_ERRORS,
-    print_diagnostics,
+    compile_or_report,
     stderr,
     stdout,
 )
-from engine.compile import compile_file
-from engine.errors import SpecError
 
 
 def cache(action: str, file: Path, scope: list[str]) -> int:
-    try:
-        pipeline = compile_file(file)
-    except SpecError as exc:
-        print_diagnostics(stderr(), exc.diagnostics)
+    pipeline = compile_or_report(file)
+    if pipeline is None:
         return EXIT_BAD_SPEC
     shared = {name: str(getattr(spec, "backend", "memory"))
               for name, spec in pipeline.loaded.spec.resources.items() if spec.type == "cache"}

@@ -6,16 +6,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.commands import EXIT_BAD_SPEC, EXIT_OK, print_diagnostics, stderr
-from engine.compile import CompiledPipeline, compile_file
-from engine.errors import SpecError
+from engine.commands import EXIT_BAD_SPEC, EXIT_OK, compile_or_report
+from engine.compile import CompiledPipeline
 
 
 def graph(file: Path, fmt: str) -> int:
-    try:
-        pipeline = compile_file(file)
-    except SpecError as exc:
-        print_diagnostics(stderr(), exc.diagnostics)
+    pipeline = compile_or_report(file)
+    if pipeline is None:
         return EXIT_BAD_SPEC
     render = mermaid if fmt == "mermaid" else dot
     sys.stdout.write("\n".join(render(pipeline)) + "\n")

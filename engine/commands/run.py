@@ -24,11 +24,10 @@ from engine.commands import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RECORD_ERRORS,
-    print_diagnostics,
+    compile_or_report,
     stderr,
 )
-from engine.compile import CompiledPipeline, compile_file
-from engine.errors import SpecError
+from engine.compile import CompiledPipeline
 from engine.observe.summary import Summary
 from engine.observe.timeline import timeline
 from engine.results import RunResult
@@ -42,12 +41,9 @@ class _UsageError(Exception):
 def run(file: Path, input_path: str | None, output_path: Path | None, sets: list[str],
         concurrency: int, trace: bool) -> int:
     err = stderr()
-    try:
-        pipeline = compile_file(file)
-    except SpecError as exc:
-        print_diagnostics(err, exc.diagnostics)
+    pipeline = compile_or_report(file)
+    if pipeline is None:
         return EXIT_BAD_SPEC
-    print_diagnostics(err, pipeline.warnings)
     try:
         with _inputs(pipeline, input_path, sets) as (items, total), _output(output_path) as out:
             summary = asyncio.run(_execute(pipeline, items, total, out, concurrency, trace, err))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.commands import EXIT_BAD_SPEC, EXIT_OK, print_diagnostics, stderr, stdout
-from engine.compile import compile_file
-from engine.errors import SpecError
+from engine.commands import EXIT_BAD_SPEC, EXIT_OK, compile_or_report, stderr, stdout
 from engine.registry import Registry
 
 
@@ -15,13 +13,10 @@ def validate(files: list[Path]) -> int:
     registry = Registry.from_entry_points()
     failed = 0
     for file in files:
-        try:
-            pipeline = compile_file(file, registry)
-        except SpecError as exc:
+        pipeline = compile_or_report(file, registry)
+        if pipeline is None:
             failed += 1
-            print_diagnostics(err, exc.diagnostics)
             continue
-        print_diagnostics(err, pipeline.warnings)
         warned = f", {len(pipeline.warnings)} warning(s)" if pipeline.warnings else ""
         out.print(f"ok {file}: {len(pipeline.stages)} stages{warned}", markup=False)
     if failed:

@@ -15,6 +15,8 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
+from engine.providers.client import is_local
+
 if TYPE_CHECKING:
     import tiktoken
 
@@ -55,7 +57,7 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         encoding, exact = _encoding(self.model)
-        if exact or self.model.startswith("local/"):
+        if exact or is_local(self.model):
             return len(encoding.encode(text, disallowed_special=()))
         return int(self.litellm.token_counter(model=self.model, text=text))
 

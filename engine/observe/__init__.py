@@ -1,1 +1,1 @@
-"""Sinks of run results: the CLI summary and timelines (metrics, traces and audit come later)."""
+"""Sinks of run results: the CLI summary table and the per-record timelines."""

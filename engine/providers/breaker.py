@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 
 from engine.spec.models import Breaker
 
-__all__ = ["BreakerState", "BreakerStore", "Breakers", "CircuitBreaker", "MemoryBreakerStore",
+__all__ = ["BreakerState", "BreakerStore", "CircuitBreaker", "MemoryBreakerStore",
            "Permit", "State", "TransitionListener"]
 
 State = Literal["closed", "open", "half_open"]
@@ -208,37 +208,6 @@ class CircuitBreaker:
     def _emit(self, moves: list[tuple[State, State, float]]) -> None:
         for old, new, at in moves:
             _notify(self._listeners, self.name, old, new, at)
-
-
-class Breakers:
-    """Name → breaker, each created on first use from `specs[name]` or `default`, all sharing
-    one store, clock, and the listeners registered here (also on breakers created later)."""
-
-    def __init__(self, default: Breaker, *, specs: dict[str, Breaker] | None = None,
-                 store: BreakerStore | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._default = default
-        self._specs = dict(specs or {})
-        self._store = store if store is not None else MemoryBreakerStore()
-        self._clock = clock
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._listeners: list[TransitionListener] = []
-
-    def get(self, name: str) -> CircuitBreaker:
-        breaker = self._breakers.get(name)
-        if breaker is None:
-            spec = self._specs.get(name, self._default)
-            breaker = CircuitBreaker(name, spec, store=self._store, clock=self._clock)
-            breaker.on_transition(self._fan_out)
-            self._breakers[name] = breaker
-        return breaker
-
-    def on_transition(self, listener: TransitionListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
-
-    def _fan_out(self, name: str, old: State, new: State, at: float) -> None:
-        _notify(self._listeners, name, old, new, at)
 
 
 def _notify(listeners: list[TransitionListener], name: str, old: State, new: State,

@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
     from engine.spec.models import ModelTier
 
-__all__ = ["Completion", "ModelClient", "StreamInterrupted", "load_litellm"]
+__all__ = ["Completion", "ModelClient", "StreamInterrupted", "is_local", "load_litellm"]
+
+
+def is_local(model: str) -> bool:
+    """`local/<name>`: engine's offline model, served in process (see providers/local.py)."""
+    return model.startswith("local/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,6 @@ class StreamInterrupted(Exception):
     """A stream broke after its first token reached the caller: no retry, no fallback."""
 
     def __init__(self, partial: str, cause: BaseException) -> None:
-        self.partial = partial
         super().__init__(f"the stream broke after {len(partial)} characters: "
                          f"{type(cause).__name__}: {cause}")
 
@@ -71,6 +75,7 @@ class ModelClient:
         self._direct: dict[tuple[str | None, str | None], AsyncOpenAI] = {}
         self._litellm: Any = None
         self._rates: dict[str, tuple[float, float]] = {}
+        self._local_ready = False
 
     @property
     def litellm(self) -> Any:
@@ -94,7 +99,7 @@ class ModelClient:
     async def warm_up(self, tiers: Iterable[ModelTier]) -> None:
         """Import litellm (seconds) and register the local model before the first call."""
         tiers = list(tiers)
-        local = [tier for tier in tiers if tier.model.startswith("local/")]
+        local = [tier for tier in tiers if is_local(tier.model)]
         hosted = [tier for tier in tiers if tier not in local]
         if local or any(tier.transport == "litellm" or tier.price is None for tier in hosted):
             await asyncio.to_thread(lambda: self.litellm)  # also prices the direct tiers
@@ -102,9 +107,6 @@ class ModelClient:
             if tier.price is None:
                 self.rates(tier.model)
         if local:
-            from engine.providers.local import register_local_provider
-
-            register_local_provider()
             # litellm loads the custom-provider path on its first call (~0.2 s): pay it now.
             await self.complete(local[0], [{"role": "user", "content": "warm up"}], timeout=5)
 
@@ -118,10 +120,11 @@ class ModelClient:
         headers: Mapping[str, str] | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> Completion:
-        if tier.model.startswith("local/"):
+        if is_local(tier.model) and not self._local_ready:
             from engine.providers.local import register_local_provider
 
             register_local_provider()
+            self._local_ready = True
         call = self._direct_call if tier.transport == "direct" else self._litellm_call
         started = time.perf_counter()
         text, usage, ttft = await call(tier, messages, timeout, stream, dict(headers or {}),
@@ -181,7 +184,7 @@ class ModelClient:
         """USD for one call: the tier's `price` (per 1M tokens) or litellm's cost map."""
         if tier.price is not None:
             return (input_tokens * tier.price.input + output_tokens * tier.price.output) / 1e6
-        if tier.model.startswith("local/"):
+        if is_local(tier.model):
             return 0.0
         per_input, per_output = self.rates(tier.model)
         return input_tokens * per_input + output_tokens * per_output

@@ -46,14 +46,16 @@ import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
+from engine.providers.client import load_litellm
 from engine.providers.local_answer import LocalAnswer, answer, count_tokens, message_text
+
+load_litellm()  # the same quiet, single-retry configuration however litellm got imported
 
 __all__ = [
     "PROVIDER",
     "SYSTEM_FINGERPRINT",
     "LocalModel",
     "LocalReply",
-    "is_local_model",
     "register_local_provider",
 ]
 
@@ -158,11 +160,6 @@ class LocalModel(CustomLLM):
     ) -> AsyncIterator[GenericStreamingChunk]:
         for chunk in _reply(kwargs).chunks():
             yield chunk
-
-
-def is_local_model(model: str) -> bool:
-    """True for `local/<name>` model strings."""
-    return model.startswith(f"{PROVIDER}/") and len(model) > len(PROVIDER) + 1
 
 
 def register_local_provider() -> CustomLLM:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 __all__ = ["LocalAnswer", "Passage", "answer", "count_tokens", "parse_passages", "stem"]
@@ -109,8 +109,6 @@ class LocalAnswer:
     grounded: bool
     sources: tuple[int, ...] = ()
     json_mode: bool = False
-    reply: str = ""
-    scores: dict[int, float] = field(default_factory=dict)
 
 
 def stem(word: str) -> str:
@@ -238,13 +236,12 @@ def answer(messages: list[dict[str, Any]], json_mode: bool | None = None) -> Loc
             question = extract_question(rest)
     if json_mode is None:
         json_mode = any(_JSON_WORD.search(t) for t in system_text)
-    reply, sources, scores = _compose(passages, question)
+    reply, sources = _compose(passages, question)
     if not json_mode:
-        return LocalAnswer(reply, bool(sources), sources, False, reply, scores)
+        return LocalAnswer(reply, bool(sources), sources, False)
     payload = {"reply": reply, "sources": list(sources), "grounded": bool(sources),
                "tier": "local"}
-    return LocalAnswer(json.dumps(payload, ensure_ascii=False), bool(sources), sources, True,
-                       reply, scores)
+    return LocalAnswer(json.dumps(payload, ensure_ascii=False), bool(sources), sources, True)
 
 
 class _Sentence(NamedTuple):
@@ -254,15 +251,14 @@ class _Sentence(NamedTuple):
     terms: list[str]
 
 
-def _compose(passages: list[Passage], question: str
-             ) -> tuple[str, tuple[int, ...], dict[int, float]]:
+def _compose(passages: list[Passage], question: str) -> tuple[str, tuple[int, ...]]:
     query = list(dict.fromkeys(_terms(question)))
     sentences = [_Sentence(p_idx, pos, text.strip(), _terms(text))
                  for p_idx, passage in enumerate(passages)
                  for pos, text in enumerate(_SENTENCE_SPLIT.split(passage.text)) if text.strip()]
     ranked = _rank(sentences, query) if query and sentences else []
     if not ranked or ranked[0][0] < MIN_SCORE:
-        return _fallback(question), (), {}
+        return _fallback(question), ()
     best = ranked[0][0]
     chosen = [item for item in ranked if item[0] >= KEEP_RATIO * best][:MAX_SENTENCES]
     order = list(dict.fromkeys(s.passage for _, s in chosen))
@@ -272,9 +268,7 @@ def _compose(passages: list[Passage], question: str
         quoted = " ".join(_clip(s.text) for s in picked)
         parts.append(f"{quoted} [{passages[p_idx].label}]")
     sources = tuple(dict.fromkeys(passages[p].label for p in order))
-    scores = {passages[p].label: round(max(sc for sc, s in chosen if s.passage == p), 4)
-              for p in order}
-    return f"{GROUNDED_INTRO} {' '.join(parts)}\n\n{GROUNDED_OUTRO}", sources, scores
+    return f"{GROUNDED_INTRO} {' '.join(parts)}\n\n{GROUNDED_OUTRO}", sources
 
 
 def _rank(sentences: list[_Sentence], query: list[str]) -> list[tuple[float, _Sentence]]:

@@ -146,6 +146,8 @@ class Pyramid:
         except Exception as exc:
             failure = classify(exc)
             await breaker.record(permit, not failure.trips_breaker)
+            if not failure.next_tier:
+                raise  # not a provider failure but a bug of ours: every tier would repeat it
             return failure, Attempt(name, number, failure.kind, _ms(started), failure.message,
                                     breaker=_moved(before, breaker))
         await breaker.record(permit, True)

@@ -15,13 +15,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 from engine.spec.models import Retry
 
 __all__ = ["Backoff", "Jitter", "RetryBudget"]
 
-T = TypeVar("T")
 Jitter = Literal["full", "equal", "none"]
 
 

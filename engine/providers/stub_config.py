@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.spec.types import Duration
 
 __all__ = [
-    "FAULT_KINDS",
     "OUTCOMES",
     "FaultKind",
     "FaultProfile",
@@ -42,11 +41,8 @@ __all__ = [
 ]
 
 FaultKind = Literal["429", "500", "503", "hang", "malformed", "cut", "cut_before_first_token"]
-Outcome = Literal[
-    "ok", "429", "500", "503", "hang", "malformed", "cut", "cut_before_first_token"
-]
+Outcome = Literal["ok", FaultKind]
 _ONLY_500: dict[FaultKind, float] = {"500": 1.0}
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 

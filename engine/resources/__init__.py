@@ -2,20 +2,22 @@
 
 Model clients, circuit breakers, retry budgets and the idempotency store are built once and
 handed to stages through `Setup.resources`, never kept in globals, so a test can give a
-pipeline a fake clock and sleep, and `engine serve` can share one set across pipelines (and,
-in a later issue, back the stores with Redis so replicas behave as one).
+pipeline a fake clock and sleep, and `engine serve` can share one set across pipelines. The
+rate limiter and the response cache can be shared by replicas through Redis already; the
+breaker and idempotency stores have the interface for it but only a memory store so far.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from engine.providers.breaker import Breakers, BreakerStore, CircuitBreaker, MemoryBreakerStore
+from engine.providers.breaker import BreakerStore, CircuitBreaker, MemoryBreakerStore
 from engine.providers.client import ModelClient
 from engine.providers.idempotency import IdempotencyStore, MemoryIdempotency
 from engine.providers.retry import RetryBudget
@@ -32,8 +34,12 @@ IDEMPOTENCY_TTL = 24 * 3600.0
 _log = logging.getLogger(__name__)
 
 
+def _digest(spec: Breaker) -> str:
+    return hashlib.blake2b(spec.model_dump_json().encode(), digest_size=4).hexdigest()
+
+
 class Resources:
-    """Shared per process. Breaker settings for a model come from the first pipeline using it."""
+    """Shared per process (and, in `engine serve`, by every pipeline it serves)."""
 
     def __init__(
         self,
@@ -53,7 +59,7 @@ class Resources:
         self.models = ModelClient()
         self.idempotency = idempotency or MemoryIdempotency(IDEMPOTENCY_TTL, clock=clock)
         self._breaker_store = breaker_store or MemoryBreakerStore()
-        self._breakers: Breakers | None = None
+        self._breakers: dict[tuple[str, Breaker], CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._limiters: dict[str | None, RateLimiter] = {}
         self._embedder: Embedder | None = None
@@ -61,9 +67,14 @@ class Resources:
         self._background: set[asyncio.Task[Any]] = set()
 
     def breaker(self, model: str, spec: Breaker) -> CircuitBreaker:
-        if self._breakers is None:
-            self._breakers = Breakers(spec, store=self._breaker_store, clock=self.clock)
-        return self._breakers.get(model)
+        """The breaker for `model` under `spec`: pipelines sharing these resources with
+        different `defaults.breaker` settings each keep their own breaker for the model."""
+        key = (model, spec)
+        if key not in self._breakers:
+            name = model if spec == Breaker() else f"{model}@{_digest(spec)}"
+            self._breakers[key] = CircuitBreaker(name, spec, store=self._breaker_store,
+                                                 clock=self.clock)
+        return self._breakers[key]
 
     async def settle(self) -> None:
         """Wait for the background work started so far (stores in flight, say)."""

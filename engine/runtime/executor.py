@@ -127,10 +127,7 @@ class _RecordRun:
         try:
             for stage in chain:
                 if self.skips:
-                    now = time.perf_counter() - self.started
-                    self.events.append(StageEvent(stage.name, now, 0.0, "skipped",
-                                                  "all needs skipped"))
-                    self.states[stage.name] = _SKIPPED_STATE
+                    self.skip(stage.name, "all needs skipped")
                     continue
                 self.record(stage.name, await self.step(stage))
                 if self.finish is not None or self.error is not None:
@@ -271,11 +268,14 @@ class _RecordRun:
             if reason is None:
                 self.ready.append(dependent)
             else:
-                now = time.perf_counter() - self.started
-                self.events.append(StageEvent(dependent, now, 0.0, "skipped", reason))
-                self.states[dependent] = _SKIPPED_STATE
-                self.skips += 1
+                self.skip(dependent, reason)
                 self.release(dependent)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Settle a stage that will not run: its event, and `skipped` in the scope."""
+        self.events.append(StageEvent(name, self.now(), 0.0, "skipped", reason))
+        self.states[name] = _SKIPPED_STATE
+        self.skips += 1
 
     def skip_reason(self, name: str) -> str | None:
         if name in self.deselected:

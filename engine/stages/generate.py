@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from engine.errors import StageError
+from engine.providers.client import is_local
 from engine.providers.pyramid import Pyramid, TierOutcome
 from engine.runtime.context import StageContext
 from engine.spec.models import Retry
@@ -84,7 +85,7 @@ class GenerateStage(Stage[GenerateConfig]):
 
     def check(self) -> Iterable[tuple[str, tuple[str | int, ...]]]:
         last = self.pyramid.tiers[-1][1].model if self.pyramid.tiers else ""
-        if self.config.static_response is None and not last.startswith("local/"):
+        if self.config.static_response is None and not is_local(last):
             yield ("no last-resort tier: when every model fails the record errors; add "
                    "`static_response` or a local/ model as the last tier", ("models",))
 

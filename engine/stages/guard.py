@@ -187,10 +187,10 @@ class GuardStage(Stage[GuardConfig]):
             raise _Stop("rate_limited", limit=decision.limit,
                         retry_after=round(decision.retry_after, 3))
 
-    def token_limit(self, text: str) -> tuple[str, int, bool]:
+    def token_limit(self, text: str) -> tuple[str, int | None, bool]:
         check = self.config.max_tokens
         if check is None:
-            return text, self.tokens.count(text), False
+            return text, None, False  # counting costs a full encode: only when limited
         count = self.tokens.count(text)
         if count <= check.limit:
             return text, count, False
@@ -221,8 +221,7 @@ class GuardStage(Stage[GuardConfig]):
         if detector is None or self.config.injection is None:
             return
         result = await detector.scan(text)
-        findings["injection"] = {"score": round(result.score, 3), "signal": result.signal,
-                                 "findings": [_plain(f) for f in result.findings]}
+        findings["injection"] = {**result.to_json(), "score": round(result.score, 3)}
         if result.blocked and self.config.injection.action == "block":
             raise _Stop("injection", score=round(result.score, 3), signal=result.signal)
 
@@ -255,11 +254,6 @@ def _identity(ctx: StageContext, template: Template | None) -> str | None:
     except UndefinedError:
         return None
     return None if key is None or str(key) in ("", "None") else str(key)
-
-
-def _plain(finding: Any) -> Any:
-    to_json = getattr(finding, "to_json", None)
-    return to_json() if callable(to_json) else finding
 
 
 def _restore(value: Any, mapping: dict[str, str]) -> Any:

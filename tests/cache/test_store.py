@@ -91,7 +91,7 @@ async def test_exact_put_then_get(store: CacheStore) -> None:
     assert (found.key, found.partition, found.pipeline, found.scope, found.query) == (
         "k1", "p1", "support", ("acme", "billing"), "question k1")
     assert found.answer == {"text": "Reset it under Settings.", "n": [1, 2]}
-    assert found.ttl == 3600.0 and found.age() < 5
+    assert found.ttl == 3600.0 and time.time() - found.created < 5
     assert found.vector is None
     assert await store.get("k2") is None
     await store.put(entry("k1", answer="replaced"))

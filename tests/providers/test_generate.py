@@ -121,6 +121,24 @@ async def test_a_retry_after_longer_than_the_budget_abandons_the_tier(
     assert fake.slept == []
 
 
+async def test_a_bug_of_ours_is_not_retried_on_every_tier(stub: StubProvider,
+                                                           fake: FakeTime) -> None:
+    """A failure that is not the provider's (here: the client breaking) would repeat on
+    every tier: the stage fails at once with it instead of burning through the pyramid."""
+    pipeline = build(stub, fake, PYRAMID, tiers=[
+        tier(stub, "smart"), tier(stub, "cheap"), tier(stub, "fast")])
+    calls: list[str] = []
+
+    async def broken(tier: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tier.model)
+        raise KeyError("a bug")
+
+    pipeline.resources.models.complete = broken  # type: ignore[method-assign]
+    result = await pipeline.run({"q": "x"})
+    assert (result.status, result.error["type"]) == ("error", "KeyError")
+    assert calls == ["openai/smart"]
+
+
 async def test_non_retryable_errors_move_on_without_a_retry(stub: StubProvider,
                                                             fake: FakeTime) -> None:
     broken = f'wrong: {{model: openai/wrong, api_base: "{stub.base_url}/nowhere", api_key: x}}'
