@@ -39,6 +39,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from engine.resources.embeddings import DIMENSIONS
+
 __all__ = ["DEFAULT_HNSW_ABOVE", "SemanticIndex"]
 
 DEFAULT_HNSW_ABOVE = 10_000
@@ -58,7 +60,7 @@ class SemanticIndex:
 
     def __init__(
         self,
-        dim: int = 384,
+        dim: int = DIMENSIONS,
         *,
         hnsw_above: int = DEFAULT_HNSW_ABOVE,
         rebuild_share: float = 0.2,

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from engine.cache.index import SemanticIndex
 from engine.errors import EngineError
+from engine.resources.embeddings import DIMENSIONS
 
 if TYPE_CHECKING:
     from engine.cache.store_redis import RedisCache
@@ -49,7 +50,6 @@ __all__ = [
     "scope_matches",
 ]
 
-DIMENSIONS = 384
 
 CacheEvent = Literal["exact_hit", "semantic_hit", "miss", "guard_rejection"]
 """What the stage decided for one lookup. `guard_rejection`: a semantic candidate above the

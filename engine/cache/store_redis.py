@@ -60,7 +60,6 @@ import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from engine.cache.store import (
-    DIMENSIONS,
     CacheEntry,
     CacheEvent,
     CacheStoreError,
@@ -69,6 +68,7 @@ from engine.cache.store import (
     checked_vector,
     scope_matches,
 )
+from engine.resources.embeddings import DIMENSIONS
 from engine.resources.redis import connect
 
 if TYPE_CHECKING:
