@@ -119,7 +119,10 @@ class ModelClient:
         stream: bool = False,
         headers: Mapping[str, str] | None = None,
         on_token: Callable[[str], None] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Completion:
+        """`params` are this call's request parameters (a `response_format`, say), applied
+        over the tier's own `params`."""
         if is_local(tier.model) and not self._local_ready:
             from engine.providers.local import register_local_provider
 
@@ -127,17 +130,19 @@ class ModelClient:
             self._local_ready = True
         call = self._direct_call if tier.transport == "direct" else self._litellm_call
         started = time.perf_counter()
-        text, usage, ttft = await call(tier, messages, timeout, stream, dict(headers or {}),
-                                       on_token, started)
+        request = {**tier.params, **(params or {})}
+        text, usage, ttft = await call(tier, request, messages, timeout, stream,
+                                       dict(headers or {}), on_token, started)
         input_tokens, output_tokens = usage
         return Completion(text, input_tokens, output_tokens,
                           self.cost(tier, input_tokens, output_tokens), tier.model, ttft)
 
-    async def _litellm_call(self, tier: ModelTier, messages: list[dict[str, Any]],
+    async def _litellm_call(self, tier: ModelTier, request: dict[str, Any],
+                            messages: list[dict[str, Any]],
                             timeout: float, stream: bool, headers: dict[str, str],
                             on_token: Callable[[str], None] | None, started: float
                             ) -> tuple[str, tuple[int, int], float | None]:
-        kwargs: dict[str, Any] = {**tier.params, "model": tier.model, "messages": messages,
+        kwargs: dict[str, Any] = {**request, "model": tier.model, "messages": messages,
                                   "timeout": timeout, "max_retries": 0}
         if tier.api_base:
             kwargs["api_base"] = tier.api_base
@@ -152,13 +157,14 @@ class ModelClient:
             return await _consume(response, on_token, started)
         return _text(response), _usage(response), None
 
-    async def _direct_call(self, tier: ModelTier, messages: list[dict[str, Any]],
+    async def _direct_call(self, tier: ModelTier, request: dict[str, Any],
+                           messages: list[dict[str, Any]],
                            timeout: float, stream: bool, headers: dict[str, str],
                            on_token: Callable[[str], None] | None, started: float
                            ) -> tuple[str, tuple[int, int], float | None]:
         client = self._openai(tier)
         model = tier.model.split("/", 1)[1] if "/" in tier.model else tier.model
-        kwargs: dict[str, Any] = {**tier.params, "model": model, "messages": messages,
+        kwargs: dict[str, Any] = {**request, "model": model, "messages": messages,
                                   "timeout": timeout}
         if headers:
             kwargs["extra_headers"] = headers

@@ -8,6 +8,10 @@ malformed) is retried on the same tier with exponential backoff and jitter — h
 retry budget allows; anything else moves to the next tier. Every attempt, skip and wait is
 an `Attempt` in the result, so the run trace says which tier answered and why the others did
 not. A stream that broke after its first token is never retried: it propagates.
+
+A caller that needs more than text (a label from a set, JSON that parses) passes `accept`: an
+answer it rejects is an `invalid` attempt and the next tier is asked, as for a failure; and
+`params`, the request parameters per tier (a `response_format` the tier supports, say).
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from engine.providers.retry import Backoff, RetryBudget
 from engine.resources import Resources
 from engine.spec.models import Breaker, ModelTier, Retry
 
-__all__ = ["Attempt", "Pyramid", "TierOutcome"]
+__all__ = ["Accept", "Attempt", "Params", "Pyramid", "TierOutcome"]
+
+Accept = Callable[[Completion], str | None]
+"""None if a completion is usable, else why not (the attempt's detail)."""
+Params = Callable[[ModelTier], Mapping[str, Any]]
+"""The extra request parameters for a tier."""
 
 MIN_CALL = 0.05
 """Seconds: below this much budget a call is not worth starting."""
@@ -41,7 +50,8 @@ class Attempt:
     attempt: int
     outcome: str
     """ok, a failure kind (timeout, rate_limit, server...), breaker_open, no_time,
-    retry_budget, retry_after_too_long, or not_configured (an empty api_key)."""
+    retry_budget, retry_after_too_long, not_configured (an empty api_key) or invalid (the
+    caller's `accept` rejected the answer)."""
     duration_ms: float = 0.0
     detail: str | None = None
     wait_ms: float | None = None
@@ -57,6 +67,16 @@ class Attempt:
             if value is not None:
                 out[name] = value
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One record's call, as every tier and attempt makes it."""
+
+    messages: list[dict[str, Any]]
+    headers: Mapping[str, str] | None
+    params: Mapping[str, Any] | None
+    accept: Accept | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +107,19 @@ class Pyramid:
         self.backoff = Backoff.from_spec(retry, resources.rng)
 
     async def call(self, messages: list[dict[str, Any]], remaining: Callable[[], float],
-                   headers: Mapping[str, str] | None = None) -> TierOutcome:
+                   headers: Mapping[str, str] | None = None, *, params: Params | None = None,
+                   accept: Accept | None = None) -> TierOutcome:
         attempts: list[Attempt] = []
         for name, tier in self.tiers:
-            completion = await self._tier(name, tier, messages, remaining, headers, attempts)
+            request = _Request(messages, headers, params(tier) if params else None, accept)
+            completion = await self._tier(name, tier, request, remaining, attempts)
             if completion is not None:
                 return TierOutcome(name, completion, attempts)
         return TierOutcome(None, None, attempts)
 
-    async def _tier(self, name: str, tier: ModelTier, messages: list[dict[str, Any]],
-                    remaining: Callable[[], float], headers: Mapping[str, str] | None,
-                    attempts: list[Attempt]) -> Completion | None:
+    async def _tier(self, name: str, tier: ModelTier, request: _Request,
+                    remaining: Callable[[], float], attempts: list[Attempt]
+                    ) -> Completion | None:
         if tier.api_key is not None and not tier.api_key.get_secret_value():
             attempts.append(Attempt(name, 0, "not_configured", detail="its api_key is empty"))
             return None
@@ -109,8 +131,12 @@ class Pyramid:
             if timeout < MIN_CALL:
                 attempts.append(Attempt(name, number, "no_time"))
                 return None
-            result, attempt = await self._attempt(name, number, tier, messages, timeout,
-                                                  headers)
+            result, attempt = await self._attempt(name, number, tier, request, timeout)
+            if isinstance(result, Completion) and request.accept is not None:
+                problem = request.accept(result)
+                if problem is not None:
+                    attempts.append(replace(attempt, outcome="invalid", detail=problem))
+                    return None
             if isinstance(result, Completion) or result is None:
                 attempts.append(attempt)
                 return result
@@ -126,10 +152,8 @@ class Pyramid:
             await self.resources.sleep(wait)
         return None
 
-    async def _attempt(self, name: str, number: int, tier: ModelTier,
-                       messages: list[dict[str, Any]], timeout: float,
-                       headers: Mapping[str, str] | None
-                       ) -> tuple[Completion | Failure | None, Attempt]:
+    async def _attempt(self, name: str, number: int, tier: ModelTier, request: _Request,
+                       timeout: float) -> tuple[Completion | Failure | None, Attempt]:
         """One call through the tier's breaker: a completion, a failure, or None (open)."""
         breaker = self.resources.breaker(tier.model, self.breaker_spec)
         before = breaker.state
@@ -139,7 +163,8 @@ class Pyramid:
         started = time.perf_counter()
         try:
             completion = await self.resources.models.complete(
-                tier, messages, timeout=timeout, stream=self.stream, headers=headers)
+                tier, request.messages, timeout=timeout, stream=self.stream,
+                headers=request.headers, params=request.params)
         except StreamInterrupted:
             await breaker.record(permit, False)
             raise

@@ -1,0 +1,1 @@
+"""The classify stage's two engines: local embeddings (`prototypes`) and a model (`prompt`)."""
