@@ -6,8 +6,9 @@ question asked of the same pipeline, in the same scope, with the same prompts an
   guards read the same text with its case kept. A key that renders to data (a whole
   conversation, say) is serialized canonically, so every turn takes part.
 - The *fingerprint* hashes the pipeline as loaded — every stage's config, the models and
-  their parameters — and the content of every file a stage names (prompt templates): editing
-  a prompt or a parameter never serves old answers. It is deliberately the whole pipeline,
+  their parameters — and the content of every file a stage or a resource names (prompt
+  templates, the documents an index is built from, by path or glob): editing a prompt, a
+  knowledge-base article or a parameter never serves old answers. It is deliberately the whole pipeline,
   not only what lies downstream of the cache stage: over-invalidating costs a few misses
   after a deploy; under-invalidating serves wrong answers.
 - The *partition* = pipeline + scope values + fingerprint. Semantic search never crosses it.
@@ -58,13 +59,16 @@ def fingerprint(spec: PipelineSpec, base_dir: Path) -> str:
 
 
 def _named_files(spec: PipelineSpec, base_dir: Path) -> Iterator[Path]:
-    """Files that stage configs name by a relative path (prompt templates and the like)."""
-    for stage in spec.stages.values():
-        for value in _strings(stage.with_):
-            if len(value) < 256 and "\n" not in value and "{" not in value:
-                path = base_dir / value
-                if path.is_file():
-                    yield path
+    """Files that stage configs and resources name by a relative path or glob (prompt
+    templates, an index's documents and the like)."""
+    configs = [stage.with_ for stage in spec.stages.values()]
+    configs += [resource.model_dump() for resource in spec.resources.values()]
+    for value in _strings(configs):
+        if len(value) < 256 and "\n" not in value and "{" not in value:
+            if any(char in value for char in "*?["):
+                yield from (path for path in base_dir.glob(value) if path.is_file())
+            elif (base_dir / value).is_file():
+                yield base_dir / value
 
 
 def _strings(value: Any) -> Iterator[str]:
