@@ -149,7 +149,7 @@ async def main() -> None:
         return
     from engine.resources.embeddings import Embedder
 
-    embedder = Embedder()
+    embedder = Embedder(recent=0)  # time the model: repeated texts must not hit the memo
     start = time.perf_counter()
     detector = InjectionDetector(embedder=embedder)
     await detector.warm_up()

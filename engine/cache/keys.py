@@ -8,9 +8,9 @@ question asked of the same pipeline, in the same scope, with the same prompts an
 - The *fingerprint* hashes the pipeline as loaded — every stage's config, the models and
   their parameters — and the content of every file a stage or a resource names (prompt
   templates, the documents an index is built from, by path or glob): editing a prompt, a
-  knowledge-base article or a parameter never serves old answers. It is deliberately the whole pipeline,
-  not only what lies downstream of the cache stage: over-invalidating costs a few misses
-  after a deploy; under-invalidating serves wrong answers.
+  knowledge-base article or a parameter never serves old answers. It is deliberately the
+  whole pipeline, not only what lies downstream of the cache stage: over-invalidating costs
+  a few misses after a deploy; under-invalidating serves wrong answers.
 - The *partition* = pipeline + scope values + fingerprint. Semantic search never crosses it.
 """
 

@@ -13,6 +13,10 @@ many calls shares one pass — and no timer: a lone query should cost the model'
 not the model's plus a linger; under load the queue that builds during a pass does the
 batching. Throughput therefore grows with
 concurrency: 32 concurrent single-text calls cost a couple of passes, not 32.
+
+Recent texts are remembered (`recent` vectors, least recently used out): the stages of one
+record embed the same sanitized text — the cache lookup, classify, retrieve — and only the
+first pays for a pass.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,8 +49,11 @@ class Embedder:
         *,
         max_batch: int = 64,
         threads: int | None = None,
+        recent: int = 2048,
     ) -> None:
         self.max_batch = max_batch
+        self.recent = recent
+        self._recent: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         # Intra-op threads: all cores but one (at least 1), leaving the event loop a core on a
         # 2-core box; more threads than cores makes each pass slower, not faster. A batched
         # pass (many waiting requests) may use every core: the loop is waiting on it anyway,
@@ -100,9 +108,25 @@ class Embedder:
 
     # -- batching -----------------------------------------------------------------------------
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """Embed `texts`; concurrent callers share forward passes."""
+        """Embed `texts`; concurrent callers share forward passes, recent texts cost none."""
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        known = {text: self._recent[text] for text in texts if text in self._recent}
+        missing = list(dict.fromkeys(text for text in texts if text not in known))
+        if missing:
+            known |= zip(missing, await self._queued(missing), strict=True)
+        for text in texts:
+            self._remember(text, known[text])
+        return np.stack([known[text] for text in texts])
+
+    def _remember(self, text: str, vector: npt.NDArray[np.float32]) -> None:
+        self._recent[text] = vector
+        self._recent.move_to_end(text)
+        if len(self._recent) > self.recent:
+            self._recent.popitem(last=False)
+
+    async def _queued(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Vectors for `texts` from the next forward pass that has room for them."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[npt.NDArray[np.float32]] = loop.create_future()
         self._queue.append((list(texts), future))

@@ -80,3 +80,17 @@ def test_model_loads_with_no_network() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "OK (1, 384)" in done.stdout
+
+
+async def test_recent_texts_cost_no_forward_pass() -> None:
+    embedder = Embedder(recent=2)
+    first = await embedder.embed(["refund please", "my parcel is late"])
+    passes = embedder.forward_passes
+    again = await embedder.embed(["my parcel is late", "refund please", "my parcel is late"])
+    assert embedder.forward_passes == passes
+    assert np.array_equal(again[0], first[1]) and np.array_equal(again[1], first[0])
+    await embedder.embed(["a third text"])  # evicts the least recently used: "refund please"
+    await embedder.embed(["my parcel is late"])
+    assert embedder.forward_passes == passes + 1
+    await embedder.embed(["refund please"])
+    assert embedder.forward_passes == passes + 2
