@@ -10,17 +10,21 @@ answer:
     static_response: "We will reply by email."   # the last tier: always answers
     stream: true                           # measure time to first token
     idempotency_key: "{{ input.ticket_id }}"
+    cite: "{{ stages.kb.output.passages }}"   # the passages the prompt numbers [1], [2]...
 ```
 
 Output: `text`, the `tier` that answered (`static` for the static response) and its `model`,
 `usage` (input/output tokens), `cost_usd`, `ttft_ms` when streaming, and `attempts`: every
 call, skip and wait, with why each tier that did not answer failed. When every tier fails and
-there is no static response, the stage fails with that list.
+there is no static response, the stage fails with that list. With `cite`, `sources` lists the
+passages the answer cites as `[n]` (the n-th of `cite`, counting from 1), each once, in the
+order cited — so an answer can be traced to the articles it rests on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +57,9 @@ class GenerateConfig(StageConfig):
     idempotency_key: TemplateStr | None = Field(
         None, description="the same key within 24 h returns the first answer, one call")
     retry: Retry | None = Field(None, description="overrides defaults.retry for this stage")
+    cite: TemplateStr | None = Field(
+        None, description="the passages the prompt numbers [1], [2]...: `sources` lists those "
+                          "the answer cites")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateConfig:
@@ -124,7 +131,10 @@ class GenerateStage(Stage[GenerateConfig]):
         ctx.note(tier=outcome.tier or "static", calls=sum(a.outcome != "breaker_open"
                                                            for a in outcome.attempts))
         if outcome.completion is not None:
-            return _output(outcome, attempts)
+            out = _output(outcome, attempts)
+            if self.config.cite is not None:
+                out["sources"] = cited(out["text"], ctx.render(self.config.cite) or [])
+            return out
         if self.config.static_response is None:
             summary = "; ".join(f"{a['tier']} #{a['attempt']}: {a['outcome']}" for a in attempts)
             raise StageError(self.name, f"every tier failed ({summary})")
@@ -148,6 +158,24 @@ def _output(outcome: TierOutcome, attempts: list[dict[str, Any]]) -> dict[str, A
     }
     if completion.ttft is not None:
         out["ttft_ms"] = round(completion.ttft * 1000, 3)
+    return out
+
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def cited(text: str, passages: Sequence[Any]) -> list[Any]:
+    """The passages `text` cites as [n], each once, in citation order; for a passage that is
+    a mapping, its `source` (or `id`) stands for it."""
+    out: list[Any] = []
+    for match in _CITATION.finditer(text):
+        n = int(match.group(1))
+        if 1 <= n <= len(passages):
+            passage = passages[n - 1]
+            source = (passage.get("source", passage.get("id", passage))
+                      if isinstance(passage, dict) else passage)
+            if source not in out:
+                out.append(source)
     return out
 
 

@@ -18,7 +18,7 @@ from resources_pool import opened
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.errors import SpecError
 from engine.providers.stub import StubProvider
-from engine.providers.stub_config import StubConfig
+from engine.providers.stub_config import Rule, StubConfig
 from engine.registry import Registry
 from engine.spec import parse_spec
 
@@ -351,3 +351,19 @@ async def test_a_prompt_file_is_rendered_and_its_references_checked(
     (tmp_path / "answer.j2").write_text("Ticket: {{ input.q }}")
     result = await build(stub, fake, stage, base_dir=tmp_path, tiers=tiers).run({"q": "hi"})
     assert result.output["text"] == "echo: Ticket: hi"
+
+
+async def test_cite_lists_the_passages_the_answer_cites_once_in_order() -> None:
+    config = StubConfig(seed=1, rules=[Rule(match=".", reply="Yes [2], see [1] and [2]; [7]")])
+    async with StubProvider(config) as provider:
+        pipeline = build(provider, None, """\
+            type: generate
+            with:
+              models: [smart]
+              messages: [{role: user, content: "{{ input.q }}"}]
+              cite: "{{ input.passages }}"
+            """, tiers=[tier(provider, "smart")])
+        passages = [{"source": "refunds", "text": "a"}, {"source": "invoices", "text": "b"}]
+        result = await pipeline.run({"q": "hi", "passages": passages})
+        assert result.status == "ok", result.error
+        assert result.output["sources"] == ["invoices", "refunds"]  # [7] is out of range
