@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.providers.breaker import BreakerStore, CircuitBreaker, MemoryBreakerStore
@@ -26,6 +27,7 @@ from engine.spec.models import Breaker, Resource
 
 if TYPE_CHECKING:
     from engine.cache.store import CacheStore
+    from engine.index import DocumentIndex
     from engine.resources.embeddings import Embedder
 
 __all__ = ["Resources"]
@@ -64,6 +66,7 @@ class Resources:
         self._limiters: dict[str | None, RateLimiter] = {}
         self._embedder: Embedder | None = None
         self._caches: dict[str, CacheStore] = {}
+        self._indexes: dict[tuple[str, Path], DocumentIndex] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     def breaker(self, model: str, spec: Breaker) -> CircuitBreaker:
@@ -113,6 +116,22 @@ class Resources:
             max_entries = int(getattr(spec, "max_entries", 100_000))
             self._caches[name] = open_store(backend, max_entries=max_entries, clock=self.wall)
         return self._caches[name]
+
+    def index(self, name: str, spec: Resource, base_dir: Path) -> DocumentIndex:
+        """The index resource `name` of the pipeline in `base_dir`: one per process, so it is
+        embedded and loaded once however many stages (or pipelines) search it. Keyed by folder
+        too, because that is where it is persisted: in `engine serve`, two pipelines' `kb` in
+        two folders are two indexes. Raises ValueError for settings that differ from those of
+        the index already open there, or (pydantic's) for settings that are wrong."""
+        from engine.index import DocumentIndex, IndexSettings
+
+        settings = IndexSettings.model_validate(spec.model_extra or {})
+        key = (name, base_dir.resolve())
+        if key not in self._indexes:
+            self._indexes[key] = DocumentIndex(name, settings, key[1], self.embedder())
+        elif self._indexes[key].settings != settings:
+            raise ValueError(f"index '{name}' of {key[1]} is already open with other settings")
+        return self._indexes[key]
 
     def rate_limiter(self, redis_url: str | None) -> RateLimiter:
         """This process's buckets, or the buckets shared by every process using `redis_url`."""
