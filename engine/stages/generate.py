@@ -98,9 +98,11 @@ class GenerateStage(Stage[GenerateConfig]):
 
     async def run(self, ctx: StageContext) -> dict[str, Any]:
         messages = self.messages(ctx)
-        if self.config.idempotency_key is None:
+        key = (ctx.render(self.config.idempotency_key)
+               if self.config.idempotency_key is not None else None)
+        if key is None or key == "":  # a record without an id: no idempotency, not a shared key
             return await self.answer(ctx, messages, None)
-        key = str(ctx.render(self.config.idempotency_key))
+        key = str(key)
         fresh = False
 
         async def first_call() -> dict[str, Any]:

@@ -271,6 +271,17 @@ async def test_concurrent_duplicate_idempotency_keys_make_one_call(fake: FakeTim
     assert other.output["text"] == "echo: other"
 
 
+async def test_a_record_without_an_idempotency_key_is_never_replayed(fake: FakeTime) -> None:
+    async with StubProvider(StubConfig()) as stub:
+        stage = PYRAMID + "  idempotency_key: \"{{ input.get('ticket_id') }}\"\n"
+        pipeline = build(stub, fake, stage, tiers=[
+            tier(stub, "smart"), tier(stub, "cheap"), tier(stub, "fast")])
+        first = await pipeline.run({"q": "one"})
+        second = await pipeline.run({"q": "two"})
+    assert (first.output["text"], second.output["text"]) == ("echo: one", "echo: two")
+    assert [r.idempotency_key for r in stub.requests_for("smart")] == [None, None]
+
+
 async def test_streaming_reports_time_to_first_token(stub: StubProvider,
                                                      fake: FakeTime) -> None:
     stage = PYRAMID + "  stream: true\n"
