@@ -74,7 +74,8 @@ def _shorthand(value: Any) -> Any:
 
 class ClassifyConfig(StageConfig):
     text: TemplateStr = Field(description="what to classify")
-    labels: dict[str, dict[str, Annotated[Label, BeforeValidator(_shorthand)]]] = Field(
+    labels: dict[str, dict[str, Annotated[Label, BeforeValidator(
+        _shorthand, json_schema_input_type=Label | str)]]] = Field(
         min_length=1, description="label set → label → description, examples, bias")
     engine: Literal["embedding", "llm", "cascade"] = "embedding"
     threshold: float = Field(0.6, ge=0, le=1, description="cascade: below it a model decides")

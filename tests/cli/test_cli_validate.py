@@ -31,7 +31,7 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
 
 def test_valid_pipeline_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(FLAGSHIP)]) == 0
-    assert f"ok {FLAGSHIP}: 10 stages" in capsys.readouterr().out
+    assert f"ok {FLAGSHIP}: 12 stages" in capsys.readouterr().out
 
 
 def test_invalid_pipeline_exits_2_with_location(
@@ -78,12 +78,12 @@ def test_graph_mermaid_and_dot(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", str(FLAGSHIP)]) == 0
     mermaid = capsys.readouterr().out
     assert mermaid.startswith("flowchart TD")
-    assert "normalize --> signals" in mermaid
-    assert "triage -.->|route| human" in mermaid
+    assert "classify --> team" in mermaid
+    assert "triage -.->|route| escalate" in mermaid
     assert main(["graph", str(FLAGSHIP), "--format", "dot"]) == 0
     dot = capsys.readouterr().out
     assert dot.startswith('digraph "support-triage" {')
-    assert '"triage" -> "reply" [style=dashed, label="route"];' in dot
+    assert '"answerable" -> "reply" [style=dashed, label="route"];' in dot
 
 
 def test_graph_of_a_bad_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
