@@ -85,6 +85,11 @@ class TierOutcome:
     completion: Completion | None
     attempts: list[Attempt]
 
+    def failed(self) -> str:
+        """Why no tier answered, one attempt at a time, for an error message."""
+        summary = "; ".join(f"{a.tier} #{a.attempt}: {a.outcome}" for a in self.attempts)
+        return f"every tier failed ({summary})"
+
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)

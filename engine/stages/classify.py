@@ -162,9 +162,7 @@ class ClassifyStage(Stage[ClassifyConfig]):
         attempts = [attempt.to_json() for attempt in outcome.attempts]
         if reading is None or outcome.completion is None:
             if local is None:
-                summary = "; ".join(f"{a['tier']} #{a['attempt']}: {a['outcome']}"
-                                    for a in attempts)
-                raise StageError(self.name, f"every tier failed ({summary})")
+                raise StageError(self.name, outcome.failed())
             ctx.note(engine="embedding", llm="every tier failed")
             return {**local, "attempts": attempts}
         ctx.note(engine="llm", tier=outcome.tier, confidence=reading.confidence)

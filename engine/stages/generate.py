@@ -138,8 +138,7 @@ class GenerateStage(Stage[GenerateConfig]):
                 out["sources"] = cited(out["text"], ctx.render(self.config.cite) or [])
             return out
         if self.config.static_response is None:
-            summary = "; ".join(f"{a['tier']} #{a['attempt']}: {a['outcome']}" for a in attempts)
-            raise StageError(self.name, f"every tier failed ({summary})")
+            raise StageError(self.name, outcome.failed())
         ctx.degrade(f"{self.name}: static response")
         return {"text": ctx.render(self.config.static_response), "tier": "static",
                 "model": None, "usage": {"input_tokens": 0, "output_tokens": 0},
