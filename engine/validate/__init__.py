@@ -1,0 +1,1 @@
+"""The validate stage's checks: harm, groundedness."""
