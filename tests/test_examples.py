@@ -39,6 +39,8 @@ README_RUNS = {
     "greeter": ({"name": "ada"}, lambda out: out == {"greeting": "Hello, ADA!"}),
     "answerer": ({"question": "Where is my invoice?"}, lambda out: out["tier"] == "local"),
     "cached": ({"question": "hi", "tenant": "t"}, lambda out: out == "answer to hi"),
+    "validated": ({"question": "When does a refund for a duplicate charge reach my card?"},
+                  lambda out: "5-7 business days" in out["reply"] and out["sources"] == [1]),
     "triaged": ({"ticket": "I was charged twice this month, please refund one payment"},
                 lambda out: out == {"category": "billing",
                                     "sources": ["refund-duplicate-charge"]}),

@@ -11,6 +11,7 @@ answer:
     stream: true                           # measure time to first token
     idempotency_key: "{{ input.ticket_id }}"
     cite: "{{ stages.kb.output.passages }}"   # the passages the prompt numbers [1], [2]...
+    response_schema: schemas/reply.json    # or pkg.mod:Model: JSON of this shape is asked for
 ```
 
 Output: `text`, the `tier` that answered (`static` for the static response) and its `model`,
@@ -18,13 +19,16 @@ Output: `text`, the `tier` that answered (`static` for the static response) and 
 call, skip and wait, with why each tier that did not answer failed. When every tier fails and
 there is no static response, the stage fails with that list. With `cite`, `sources` lists the
 passages the answer cites as `[n]` (the n-th of `cite`, counting from 1), each once, in the
-order cited — so an answer can be traced to the articles it rests on.
+order cited — so an answer can be traced to the articles it rests on. With `response_schema`
+every tier is told the schema in a system message, and a tier whose model litellm knows to
+support JSON-schema responses also gets it as its `response_format` (strict when the schema
+meets the strict subset); a `validate` stage then parses, checks and re-asks.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,11 +37,13 @@ from pydantic import Field, model_validator
 from engine.errors import StageError
 from engine.providers.client import is_local
 from engine.providers.pyramid import Pyramid, TierOutcome
+from engine.providers.structured import instruction, schema_format, supports_schema
 from engine.runtime.context import StageContext
-from engine.spec.models import Retry
+from engine.spec.models import ModelTier, Retry
 from engine.spec.types import ModelRefStr
 from engine.stages.base import Reference, Setup, SetupError, Stage, StageConfig
 from engine.template import Template, TemplateStr, TemplateValue
+from engine.validate.contract import OutputSchema
 
 __all__ = ["GenerateConfig", "GenerateStage", "Message"]
 
@@ -57,6 +63,9 @@ class GenerateConfig(StageConfig):
     idempotency_key: TemplateStr | None = Field(
         None, description="the same key within 24 h returns the first answer, one call")
     retry: Retry | None = Field(None, description="overrides defaults.retry for this stage")
+    response_schema: str | None = Field(
+        None, description="a JSON Schema file or a Pydantic model (pkg.mod:Model): asked of "
+                          "the tiers as a response format, or as an instruction")
     cite: TemplateStr | None = Field(
         None, description="the passages the prompt numbers [1], [2]...: `sources` lists those "
                           "the answer cites")
@@ -81,6 +90,7 @@ class GenerateStage(Stage[GenerateConfig]):
         self.pyramid = Pyramid(tiers, self.config.retry or defaults.retry, defaults.breaker,
                                setup.resources, stream=self.config.stream)
         self.idempotency = setup.resources.idempotency
+        self.schema = _load_schema(setup.base_dir, self.config.response_schema)
 
     async def warm_up(self) -> None:
         await self.pyramid.resources.models.warm_up(tier for _, tier in self.pyramid.tiers)
@@ -120,6 +130,8 @@ class GenerateStage(Stage[GenerateConfig]):
         out = []
         if self.config.system is not None:
             out.append({"role": "system", "content": str(ctx.render(self.config.system))})
+        if self.schema is not None:
+            out.append({"role": "system", "content": instruction(self.schema.schema)})
         if self.prompt is not None:
             out.append({"role": "user", "content": str(ctx.render(self.prompt))})
         for message in self.config.messages or ():
@@ -128,7 +140,8 @@ class GenerateStage(Stage[GenerateConfig]):
 
     async def answer(self, ctx: StageContext, messages: list[dict[str, Any]],
                      headers: dict[str, str] | None) -> dict[str, Any]:
-        outcome = await self.pyramid.call(messages, ctx.remaining, headers)
+        outcome = await self.pyramid.call(messages, ctx.remaining, headers,
+                                          params=self.params)
         attempts = [attempt.to_json() for attempt in outcome.attempts]
         ctx.note(tier=outcome.tier or "static", calls=sum(a.outcome != "breaker_open"
                                                            for a in outcome.attempts))
@@ -143,6 +156,14 @@ class GenerateStage(Stage[GenerateConfig]):
         return {"text": ctx.render(self.config.static_response), "tier": "static",
                 "model": None, "usage": {"input_tokens": 0, "output_tokens": 0},
                 "cost_usd": 0.0, "attempts": attempts}
+
+
+    def params(self, tier: ModelTier) -> Mapping[str, Any]:
+        """A tier that supports JSON-schema responses is asked for the response schema."""
+        if self.schema is None or not supports_schema(tier.model):
+            return {}
+        return {"response_format": schema_format(
+            "response", self.schema.schema, strict=self.schema.strict())}
 
 
 def _output(outcome: TierOutcome, attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,6 +199,15 @@ def cited(text: str, passages: Sequence[Any]) -> list[Any]:
             if source not in out:
                 out.append(source)
     return out
+
+
+def _load_schema(base_dir: Path, ref: str | None) -> OutputSchema | None:
+    if ref is None:
+        return None
+    try:
+        return OutputSchema.load(ref, base_dir)
+    except ValueError as exc:
+        raise SetupError(str(exc), ("response_schema",)) from None
 
 
 def _load_prompt(base_dir: Path, name: str | None) -> Template | None:

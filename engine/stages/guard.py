@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["GuardConfig", "GuardStage"]
 
 Entity = Literal["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "PERSON"]
-_STRUCTURED: tuple[Entity, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
+STRUCTURED_ENTITIES: tuple[Entity, ...] = (
+    "EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS")
 _REFUSED = {"false", "no", "0", "off", "none", "", "n"}
 
 
@@ -64,7 +65,7 @@ class InjectionCheck(StageConfig):
 
 class PiiCheck(StageConfig):
     action: Literal["pseudonymize", "redact", "mask", "block"] = "pseudonymize"
-    entities: list[Entity] = Field(default_factory=lambda: list(_STRUCTURED))
+    entities: list[Entity] = Field(default_factory=lambda: list(STRUCTURED_ENTITIES))
 
 
 class RateLimitCheck(StageConfig):
