@@ -141,6 +141,9 @@ _MD_LINK = re.compile(r"\[([^\]\n]+)\]\([^)\s]+\)")
 _EMPHASIS = re.compile(r"\*\*|__|`")
 _HEADING = re.compile(r"^\s*#{1,6}\s+")
 _BULLET = re.compile(r"^\s*(?:[-*•▪◦]|\d{1,2}[.)])\s+")
+_INLINE_ITEM = re.compile(
+    r"(?:(?<=[:.!?])|(?<=[a-z0-9)]))[ \t]+(?P<marker>[-•▪◦])[ \t]+(?=[A-Z])"
+    r"|(?<=[:.!?])[ \t]+(?P<number>\d{1,2}[.)])[ \t]+(?=[A-Z])")
 _BOUNDARY = re.compile(
     r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])|(?P<colon>:)\s+(?=[A-Z])")
 _LEAD_IN = re.compile(r"here(?:'s| is| are)\b[^:]*:", re.IGNORECASE)
@@ -151,8 +154,10 @@ _ABBREVIATIONS = frozenset(_ABBREVIATION_TEXT.split())
 
 
 def split_sentences(text: str) -> list[str]:
-    """The sentences of `text`, citation markers and Markdown emphasis removed."""
+    """The sentences of `text`, citation markers and Markdown emphasis removed; a list run
+    into one line ("Pay with: - cards - SEPA", as quoting tiers flatten them) is a list."""
     text = _EMPHASIS.sub("", _MD_LINK.sub(r"\1", _CITATION.sub("", text)))
+    text = _INLINE_ITEM.sub(lambda m: "\n" + (m.group("marker") or m.group("number")) + " ", text)
     sentences: list[str] = []
     for block in _blocks(text):
         sentences.extend(_split_block(block))
@@ -223,6 +228,9 @@ _CLAIM_FREE = re.compile("|".join((
     r"if you (?:have|'ve got) any (?:other |more |further )?questions\b.*",
     r"if (?:this|that|these steps?) (?:does not|doesn'?t|did not|didn'?t|do not|don'?t) "
     r"(?:resolve|fix|solve|help)\b.*",
+    # saying that nothing was found and a person will follow up claims nothing about the
+    # product (a promise with a number or a name in it is still checked: see below)
+    r"(?:sorry, )?(?:i|we) (?:could not|couldn'?t|cannot|can'?t|did not|didn'?t) find\b.*",
     r"(?:sure|absolutely|of course|certainly|no problem|okay|ok|got it|great question|"
     r"good question)[!.]*",
     _LEAD_IN.pattern,  # "Here is what our knowledge base says:"
