@@ -57,6 +57,12 @@ async def test_flagship_triages_its_sample_tickets_offline() -> None:
     assert upload["sources"] == ["api-timeouts-large-uploads"]
     assert "[1]" in upload["reply"] and "resumable" in upload["reply"].lower()
     assert upload["classified_by"] == "embedding" and 0 < upload["confidence"] <= 1
+    # ...and validated before it is sent: grounded, no personal data, an audit marker.
+    [check] = [event for event in by_id["S09"].events if event.stage == "check"]
+    assert check.notes is not None and (check.notes["filters"], check.notes["hallucinations"]
+                                        ) == ([], 0)
+    assert upload["audit"]["response_id"].startswith("resp_") and len(
+        upload["audit"]["sha256"]) == 64
     # Routine tickets no article answers are queued to their team; no model writes to them.
     for key, team in (("S04", "customer-care"), ("S18", "billing")):
         assert (outputs[key]["action"], outputs[key]["team"]) == ("queued", team)
@@ -79,7 +85,8 @@ async def test_urgent_tickets_never_reach_a_generating_model() -> None:
     verdict = '{"category": "technical", "urgency": "high", "confidence": 0.9}'
     config = StubConfig(seed=1, rules=[
         Rule(match=CLASSIFY_PROMPT, reply=verdict, on="any"),
-        Rule(match="Passages:", reply="Twenty seats cost 200 USD a month [1].", on="any")])
+        Rule(match="Passages:", reply="On yearly billing, 20 seats on the Team plan cost "
+                                      "2,400 USD a year [1].", on="any")])
     async with StubProvider(config) as stub:
         env = {**offline(), "OPENAI_API_KEY": "stub", "OPENAI_API_BASE": stub.base_url}
         by_id = await triage(env, ("S03", "S07", "S08", "S16"))
@@ -95,3 +102,21 @@ async def test_urgent_tickets_never_reach_a_generating_model() -> None:
     assert (routine["action"], routine["tier"]) == ("answered", "smart")
     assert routine["sources"] == ["plan-pricing"]
     assert len(answering) == 1 and ticket["S08"] in asked[0]
+
+
+async def test_an_invented_claim_goes_back_to_the_tiers_until_one_is_grounded() -> None:
+    invented = "Twenty seats on the Team plan cost 200 USD a month [1]."  # the KB: 240
+    config = StubConfig(seed=1, rules=[Rule(match=".", reply=invented)])
+    async with StubProvider(config) as stub:
+        env = {**offline(), "OPENAI_API_KEY": "stub", "OPENAI_API_BASE": stub.base_url}
+        result = (await triage(env, ("S08",)))["S08"]
+        asked = [(r.model, "not supported by the passages" in content_text(r.messages[-1]))
+                 for r in stub.requests]
+    # smart, smart re-asked with the unsupported sentence, cheap, cheap re-asked: then the
+    # local tier, which quotes the article.
+    assert asked == [("gpt-4o", False), ("gpt-4o", True), ("gpt-4o-mini", False),
+                     ("gpt-4o-mini", True)]
+    output = result.output
+    assert (output["action"], output["tier"], output["sources"]) == (
+        "answered", "local", ["plan-pricing"])
+    assert "200 USD" not in output["reply"] and "240 USD" in output["reply"]

@@ -35,7 +35,8 @@ Output: `text` (the checked answer; JSON text with a schema), `value` (with a sc
 `tier` that wrote it, `parse` (ok / repaired), `reasks`, `filters` (those that fired),
 `hallucinations`, `harm` (the score, when scored), `unsupported` (the sentences), `audit`
 (`response_id` and the `sha256` of `text`: an answer shown to a user can be traced back),
-`cost_usd` of the re-asks, and `attempts` — every answer read, with its errors.
+`cost_usd` of the re-asks, `attempts` — every answer read, with its errors — and, with
+`grounded`, `sources`: the passages the final answer cites as `[n]` (as generate's `cite`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from engine.providers.pyramid import Pyramid
 from engine.runtime.context import StageContext
 from engine.spec.types import ModelRefStr, StageName
 from engine.stages.base import Setup, SetupError, Stage, StageConfig
-from engine.stages.generate import GenerateConfig, GenerateStage
+from engine.stages.generate import GenerateConfig, GenerateStage, cited
 from engine.stages.guard import STRUCTURED_ENTITIES, Entity
 from engine.template import TemplateStr
 from engine.validate.contract import OutputSchema, Reading
@@ -195,7 +196,7 @@ class ValidateStage(Stage[ValidateConfig]):
             raise StageError(self.name, f"blocked: {exc}") from None
 
     async def _repair(self, ctx: StageContext, inspection: Inspection, tier: str | None,
-                      passages: list[str] | None, spent: Spent) -> tuple[Inspection, str]:
+                      passages: list[Any] | None, spent: Spent) -> tuple[Inspection, str]:
         """Re-ask the tier that answered, then ask (and re-ask) the tiers after it, until an
         answer passes; else fail."""
         if tier not in self.tiers:  # the static response, or an answer from elsewhere
@@ -222,7 +223,7 @@ class ValidateStage(Stage[ValidateConfig]):
         raise StageError(self.name, _failure(inspection))
 
     async def _try(self, ctx: StageContext, tier: str, messages: list[dict[str, Any]],
-                   turn: int, passages: list[str] | None, spent: Spent) -> Inspection | None:
+                   turn: int, passages: list[Any] | None, spent: Spent) -> Inspection | None:
         """One call to `tier` and its answer inspected; None when the tier did not answer."""
         outcome = await self.single[tier].call(messages, ctx.remaining,
                                                params=self.generate.params)
@@ -234,7 +235,7 @@ class ValidateStage(Stage[ValidateConfig]):
         spent.attempts.append(_attempt(tier, turn, inspection))
         return inspection
 
-    async def _inspect(self, text: str, passages: list[str] | None) -> Inspection:
+    async def _inspect(self, text: str, passages: list[Any] | None) -> Inspection:
         reading = self.schema.read(text) if self.schema is not None else None
         problems = list(reading.errors) if reading is not None else []
         if self.config.max_length is not None and len(text) > self.config.max_length:
@@ -249,7 +250,7 @@ class ValidateStage(Stage[ValidateConfig]):
         return inspection
 
     async def _filtered(self, ctx: StageContext, inspection: Inspection, tier: str | None,
-                        passages: list[str] | None, spent: Spent) -> dict[str, Any]:
+                        passages: list[Any] | None, spent: Spent) -> dict[str, Any]:
         fired: list[str] = []
         value = inspection.reading.value if inspection.reading is not None else None
         text, value = self._redacted(inspection.text, value, fired)
@@ -277,6 +278,8 @@ class ValidateStage(Stage[ValidateConfig]):
             out["value"] = value
         if harm is not None:
             out["harm"] = harm
+        if passages is not None:
+            out["sources"] = cited(text, passages)
         ctx.note(parse=out["parse"], reasks=spent.reasks, filters=fired,
                  hallucinations=len(unsupported), attempts=spent.attempts)
         return out
@@ -320,11 +323,13 @@ class ValidateStage(Stage[ValidateConfig]):
             if harm.action == "block":
                 raise Blocked(f"harmful content (score {score} ≥ {harm.threshold})")
 
-    async def _unsupported(self, prose: str, passages: list[str] | None) -> list[str]:
+    async def _unsupported(self, prose: str, passages: list[Any] | None) -> list[str]:
         from engine.validate.grounded import grounding
 
         assert self.config.grounded is not None
-        result = await grounding(prose, passages or [], self.resources.embedder(),
+        texts = [str(p.get("text", "")) if isinstance(p, dict) else str(p)
+                 for p in passages or []]
+        result = await grounding(prose, texts, self.resources.embedder(),
                                  min_support=self.config.grounded.min_support)
         return [s.text for s in result.sentences if not s.supported]
 
@@ -349,13 +354,12 @@ class ValidateStage(Stage[ValidateConfig]):
         return self._harm
 
     # -- reading ------------------------------------------------------------------------------
-    def _passages(self, ctx: StageContext) -> list[str] | None:
+    def _passages(self, ctx: StageContext) -> list[Any] | None:
+        """The passages as rendered: strings, or mappings with a `text` (retrieve's)."""
         if self.config.grounded is None:
             return None
         rendered = ctx.render(self.config.grounded.passages) or []
-        if isinstance(rendered, str | dict):
-            rendered = [rendered]
-        return [str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in rendered]
+        return [rendered] if isinstance(rendered, str | dict) else list(rendered)
 
     def _prose(self, inspection: Inspection, value: Any = None) -> str:
         """What the filters read: the text, the `field` of a structured answer, or all of

@@ -31,7 +31,7 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
 
 def test_valid_pipeline_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(FLAGSHIP)]) == 0
-    assert f"ok {FLAGSHIP}: 12 stages" in capsys.readouterr().out
+    assert f"ok {FLAGSHIP}: 14 stages" in capsys.readouterr().out
 
 
 def test_invalid_pipeline_exits_2_with_location(
