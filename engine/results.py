@@ -56,6 +56,10 @@ class RunResult:
     events: list[StageEvent] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
     """Why the answer is a stand-in (e.g. a static response): delivered, never reused."""
+    started_at: float = 0.0
+    """Wall-clock time (epoch seconds) the record started: event times are offsets from it."""
+    trace_id: str = ""
+    """32 hex digits naming this record's run in logs and traces (W3C trace-context form)."""
 
     @property
     def ok(self) -> bool:
@@ -73,5 +77,8 @@ class RunResult:
         if self.degraded:
             out["degraded"] = self.degraded
         out["duration_ms"] = round(self.duration * 1000, 3)
+        if self.trace_id:
+            out["started_at"] = round(self.started_at, 6)
+            out["trace_id"] = self.trace_id
         out["trace"] = [event.to_json() for event in self.events]
         return out

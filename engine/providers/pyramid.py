@@ -85,6 +85,20 @@ class TierOutcome:
     completion: Completion | None
     attempts: list[Attempt]
 
+    def call_note(self) -> dict[str, Any]:
+        """This call as the run trace records it, for metrics and reports: the tier that
+        answered, its model, tokens and cost, and every attempt as [tier, outcome]."""
+        completion = self.completion
+        note: dict[str, Any] = {
+            "tier": self.tier, "model": completion.model if completion else None,
+            "input_tokens": completion.input_tokens if completion else 0,
+            "output_tokens": completion.output_tokens if completion else 0,
+            "cost_usd": completion.cost_usd if completion else 0.0,
+            "attempts": [[a.tier, a.outcome] for a in self.attempts]}
+        if completion is not None and completion.ttft is not None:
+            note["ttft_ms"] = round(completion.ttft * 1000, 3)
+        return note
+
     def failed(self) -> str:
         """Why no tier answered, one attempt at a time, for an error message."""
         summary = "; ".join(f"{a.tier} #{a.attempt}: {a.outcome}" for a in self.attempts)

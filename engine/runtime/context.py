@@ -67,6 +67,13 @@ class StageContext:
             self._notes = {}
         self._notes.update(fields)
 
+    def note_call(self, call: dict[str, Any]) -> None:
+        """Record one model call (`TierOutcome.call_note()`) in this stage's `llm` list: a
+        stage may call several times (re-asks), and every call counts in tokens and cost."""
+        if self._notes is None:
+            self._notes = {}
+        self._notes.setdefault("llm", []).append(call)
+
     @property
     def notes(self) -> dict[str, Any] | None:
         return self._notes

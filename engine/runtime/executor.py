@@ -16,6 +16,7 @@ whole record; a stage's own `timeout` bounds that stage.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,7 @@ class _RecordRun:
         self.pipeline = pipeline
         self.stages = pipeline.stages
         self.started = time.perf_counter()
+        self.started_at = time.time()
         self.deadline = time.monotonic() + pipeline.deadline
         self.states: dict[str, dict[str, Any]] = {}
         self.scope = {"input": record, "stages": self.states, "env": pipeline.env}
@@ -295,6 +297,12 @@ class _RecordRun:
         }
 
     def result(self, index: int, record_id: Any) -> RunResult:
+        result = self._result(index, record_id)
+        result.started_at = self.started_at
+        result.trace_id = f"{random.getrandbits(128):032x}"
+        return result
+
+    def _result(self, index: int, record_id: Any) -> RunResult:
         duration = time.perf_counter() - self.started
         hooks = self.hooks
         if self.error is None and self.finish is None:

@@ -83,6 +83,21 @@ class Defaults(_Spec):
     breaker: Breaker = Field(default_factory=Breaker)
 
 
+class Slo(_Spec):
+    """Targets `engine report` checks a pipeline's recorded runs against (exit 1 on a breach).
+    Rates are shares of requests in [0, 1]; latencies are durations."""
+
+    latency_p50: Duration | None = None
+    latency_p95: Duration | None = None
+    latency_p99: Duration | None = None
+    error_rate: float | None = Field(None, ge=0, le=1, description="at most")
+    timeout_rate: float | None = Field(None, ge=0, le=1, description="at most")
+    fallback_rate: float | None = Field(None, ge=0, le=1, description="at most")
+    cost_per_request: float | None = Field(None, ge=0, description="USD, at most (mean)")
+    cache_hit_rate: float | None = Field(None, ge=0, le=1, description="at least")
+    parse_success: float | None = Field(None, ge=0, le=1, description="at least")
+
+
 class Resource(BaseModel):
     """A shared, long-lived thing (cache, index, store); its settings belong to its type."""
 
@@ -120,3 +135,4 @@ class PipelineSpec(_Spec):
     input: InputSpec = Field(default_factory=InputSpec)
     stages: dict[StageName, StageSpec] = Field(min_length=1)
     output: TemplateValue = None
+    slo: Slo | None = Field(None, description="targets for `engine report`")

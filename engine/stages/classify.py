@@ -159,6 +159,7 @@ class ClassifyStage(Stage[ClassifyConfig]):
                 ctx.note(engine="embedding")
                 return local
         outcome, reading = await self._ask(ctx, text)
+        ctx.note_call(outcome.call_note())
         attempts = [attempt.to_json() for attempt in outcome.attempts]
         if reading is None or outcome.completion is None:
             if local is None:

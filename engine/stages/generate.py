@@ -143,8 +143,8 @@ class GenerateStage(Stage[GenerateConfig]):
         outcome = await self.pyramid.call(messages, ctx.remaining, headers,
                                           params=self.params)
         attempts = [attempt.to_json() for attempt in outcome.attempts]
-        ctx.note(tier=outcome.tier or "static", calls=sum(a.outcome != "breaker_open"
-                                                           for a in outcome.attempts))
+        ctx.note(tier=outcome.tier or "static")
+        ctx.note_call(outcome.call_note())
         if outcome.completion is not None:
             out = _output(outcome, attempts)
             if self.config.cite is not None:

@@ -227,6 +227,7 @@ class ValidateStage(Stage[ValidateConfig]):
         """One call to `tier` and its answer inspected; None when the tier did not answer."""
         outcome = await self.single[tier].call(messages, ctx.remaining,
                                                params=self.generate.params)
+        ctx.note_call(outcome.call_note())
         if outcome.completion is None:
             spent.attempts += [attempt.to_json() for attempt in outcome.attempts]
             return None

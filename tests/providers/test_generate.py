@@ -94,7 +94,13 @@ async def test_the_pyramid_degrades_in_order_and_says_why(stub: StubProvider,
         ("cheap", "rate_limit"), ("cheap", "rate_limit"), ("cheap", "rate_limit"),
         ("fast", "server"), ("fast", "ok")]
     assert output["usage"]["output_tokens"] > 0
-    assert result.events[0].notes == {"tier": "fast", "calls": 8}
+    notes = result.events[0].notes
+    assert notes is not None and notes["tier"] == "fast"
+    [call] = notes["llm"]
+    assert (call["tier"], call["model"], call["attempts"][-1]) == ("fast", "openai/fast",
+                                                                   ["fast", "ok"])
+    assert call["output_tokens"] == output["usage"]["output_tokens"] > 0
+    assert [outcome for _, outcome in call["attempts"]] == [o for _, o in outcomes(output)]
 
 
 async def test_backoff_follows_the_schedule_and_honours_retry_after(
