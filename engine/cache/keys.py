@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.spec.models import PipelineSpec
+from engine.values import strings
 
 __all__ = ["CacheControl", "exact_key", "fingerprint", "key_text", "partition", "query_text"]
 
@@ -63,23 +64,12 @@ def _named_files(spec: PipelineSpec, base_dir: Path) -> Iterator[Path]:
     templates, an index's documents and the like)."""
     configs = [stage.with_ for stage in spec.stages.values()]
     configs += [resource.model_dump() for resource in spec.resources.values()]
-    for value in _strings(configs):
+    for value in strings(configs):
         if len(value) < 256 and "\n" not in value and "{" not in value:
             if any(char in value for char in "*?["):
                 yield from (path for path in base_dir.glob(value) if path.is_file())
             elif (base_dir / value).is_file():
                 yield base_dir / value
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def partition(pipeline: str, scope: Sequence[str], print_: str) -> str:

@@ -46,7 +46,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -61,6 +61,7 @@ from engine.stages.generate import GenerateConfig, GenerateStage, cited
 from engine.stages.guard import STRUCTURED_ENTITIES, Entity
 from engine.template import TemplateStr
 from engine.validate.contract import OutputSchema, Reading
+from engine.values import map_strings, strings
 
 __all__ = ["ValidateConfig", "ValidateStage"]
 
@@ -302,7 +303,7 @@ class ValidateStage(Stage[ValidateConfig]):
         if self.schema is None:
             text = clean(text)
         else:
-            value = _map_strings(value, clean)
+            value = map_strings(value, clean)
         if found:
             fired.append("pii")
             if self.config.pii.action == "block":
@@ -371,7 +372,7 @@ class ValidateStage(Stage[ValidateConfig]):
             value = inspection.reading.value
         if self.config.field is not None and isinstance(value, dict):
             return str(value.get(self.config.field, ""))
-        return "\n".join(_strings(value))
+        return "\n".join(strings(value))
 
 
 def _source(setup: Setup[ValidateConfig]) -> str:
@@ -422,24 +423,3 @@ def _attempt(tier: str | None, reask: int, inspection: Inspection) -> dict[str, 
 def _audit(text: str) -> dict[str, str]:
     return {"response_id": f"resp_{uuid.uuid4().hex[:24]}",
             "sha256": hashlib.sha256(text.encode()).hexdigest()}
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
-def _map_strings(value: Any, fn: Any) -> Any:
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, dict):
-        return {key: _map_strings(item, fn) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_map_strings(item, fn) for item in value]
-    return value
