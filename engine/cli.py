@@ -147,6 +147,30 @@ def cache(
     return command(action.value, file, scope or [])
 
 
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(
+        help="A run-store folder (searched recursively) or one stored run file.")
+    ] = Path("runs"),
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Only this pipeline's runs (by its `name:`).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON instead of tables.")] = False,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Also write a self-contained HTML page with charts to this file.")
+    ] = None,
+) -> int:
+    """Latency, time to first token, tokens, cost, cache, fallback, timeout and parse rates
+    of stored runs, checked against each pipeline's `slo:` targets.
+
+    Exit code 0 when every target is met, 1 when one is breached, 2 when there is nothing
+    to report (no such path, no stored records).
+    """
+    from engine.commands.report import report as command
+
+    return command(path, pipeline, as_json, html)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:

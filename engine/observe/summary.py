@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.table import Table
@@ -12,12 +14,16 @@ from engine.results import RunResult
 __all__ = ["Summary", "format_duration", "percentile"]
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted `values` (q in 0..100)."""
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank q-th percentile (q in 0..100) of sorted `values`; 0.0 when empty.
+
+    Rank ⌈q/100·n⌉ (1-based), as `numpy.percentile(..., method="inverted_cdf")`; the rounding
+    guards against 0.95·20 = 19.000000000000004. The run summary and `engine report` share it,
+    so they agree on the same records."""
     if not values:
         return 0.0
-    rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
-    return values[rank]
+    rank = math.ceil(round(q / 100 * len(values), 9))
+    return values[min(len(values), max(rank, 1)) - 1]
 
 
 @dataclass
