@@ -164,7 +164,7 @@ class ClassifyStage(Stage[ClassifyConfig]):
         if reading is None or outcome.completion is None:
             if local is None:
                 raise StageError(self.name, outcome.failed())
-            ctx.note(engine="embedding", llm="every tier failed")
+            ctx.note(engine="embedding", llm_failed="every tier failed")
             return {**local, "attempts": attempts}
         ctx.note(engine="llm", tier=outcome.tier, confidence=reading.confidence)
         return _llm_output(reading, outcome, outcome.completion, attempts)
