@@ -61,15 +61,34 @@ def run(
         "--concurrency", "-c", min=1, help="Records in flight at once.")] = 16,
     trace: Annotated[bool, typer.Option(
         "--trace", help="Print each record's stage timeline to stderr.")] = False,
+    store: Annotated[Path | None, typer.Option(
+        "--store", help="The run store read by `engine report` [default: $ENGINE_RUNS_DIR "
+        "or runs/].", show_default=False)] = None,
+    no_store: Annotated[bool, typer.Option(
+        "--no-store", help="Do not record this run in the run store.")] = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics while running.")] = None,
+    otlp: Annotated[str | None, typer.Option(
+        "--otlp", help="Send traces to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 "
+        "[default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no traces].", show_default=False)] = None,
+    log_json: Annotated[str | None, typer.Option(
+        "--log-json", help="Write JSON log lines (run and trace ids, no secrets or personal "
+        "data) to this file, or '-' for stderr.")] = None,
 ) -> int:
     """Run records through a pipeline: exactly one result line per input record.
 
-    Exit code 0 when every record succeeded, 1 when some errored, 2 for a bad pipeline or
-    command line, 130 when interrupted (finished records are kept).
+    Each run is recorded in the run store for `engine report` (timings, tokens, cost, tiers,
+    outcomes; never inputs or answers). Exit code 0 when every record succeeded, 1 when some
+    errored, 2 for a bad pipeline or command line, 130 when interrupted (finished records are
+    kept).
     """
     from engine.commands.run import run as command
+    from engine.observe.observers import ObserveOptions, default_store
 
-    return command(file, input, output, set_ or [], concurrency, trace)
+    options = ObserveOptions(None if no_store else store or default_store(), metrics_port,
+                             otlp, log_json)
+    return command(file, input, output, set_ or [], concurrency, trace, options)
 
 
 @app.command()

@@ -35,6 +35,14 @@ class LlmStage(Stage[LlmConfig]):
         return ctx.render(self.config.prompt)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _run_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`engine run` records every run in its store: here, a throwaway folder, not ./runs."""
+    import os
+
+    os.environ["ENGINE_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return Registry.of(

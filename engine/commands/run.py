@@ -28,6 +28,7 @@ from engine.commands import (
     stderr,
 )
 from engine.compile import CompiledPipeline
+from engine.observe.observers import ObserveOptions, Observers
 from engine.observe.summary import Summary
 from engine.observe.timeline import timeline
 from engine.results import RunResult
@@ -39,26 +40,47 @@ class _UsageError(Exception):
 
 
 def run(file: Path, input_path: str | None, output_path: Path | None, sets: list[str],
-        concurrency: int, trace: bool) -> int:
+        concurrency: int, trace: bool, observe: ObserveOptions | None = None) -> int:
     err = stderr()
     pipeline = compile_or_report(file)
     if pipeline is None:
         return EXIT_BAD_SPEC
     try:
-        with _inputs(pipeline, input_path, sets) as (items, total), _output(output_path) as out:
-            summary = asyncio.run(_execute(pipeline, items, total, out, concurrency, trace, err))
+        with (_inputs(pipeline, input_path, sets) as (items, total), _output(output_path) as out,
+              _observers(pipeline, observe or ObserveOptions(), err) as observers):
+            summary = asyncio.run(_execute(pipeline, observers.remember(items), total, out,
+                                           concurrency, trace, err, observers))
     except _UsageError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         return EXIT_BAD_SPEC
     for table in summary.tables():
         err.print(table)
+    if observe is not None and observe.store is not None:
+        err.print(f"stored as run {observers.run_id}: engine report {observe.store}",
+                  markup=False)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_RECORD_ERRORS if summary.errored else EXIT_OK
 
 
+@contextlib.contextmanager
+def _observers(pipeline: CompiledPipeline, options: ObserveOptions, err: Console
+               ) -> Iterator[Observers]:
+    try:
+        observers = Observers(pipeline, options)
+    except OSError as exc:  # a port in use, an unwritable log file
+        raise _UsageError(f"cannot start observability: {exc}") from None
+    if observers.metrics_port is not None:
+        err.print(f"metrics on http://127.0.0.1:{observers.metrics_port}/metrics", markup=False)
+    try:
+        yield observers
+    finally:
+        observers.close()
+
+
 async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], total: int | None,
-                   out: IO[str], concurrency: int, trace: bool, err: Console) -> Summary:
+                   out: IO[str], concurrency: int, trace: bool, err: Console,
+                   observers: Observers) -> Summary:
     summary = Summary()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -69,6 +91,7 @@ async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], tot
             out.write(json.dumps(result.to_json(), ensure_ascii=False, default=str) + "\n")
             out.flush()
             summary.add(result)
+            observers.observe(result)
             if trace:
                 progress.console.print(timeline(result), markup=False)
             progress.advance(task)
