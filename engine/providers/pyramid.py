@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from engine.providers.breaker import CircuitBreaker
 from engine.providers.client import Completion, StreamInterrupted
 from engine.providers.errors import Failure, classify
 from engine.providers.retry import Backoff, RetryBudget
 from engine.resources import Resources
+from engine.resources.budgets import BudgetExceeded, Gate, Reservation
 from engine.spec.models import Breaker, ModelTier, Retry
 
 __all__ = ["Accept", "Attempt", "Params", "Pyramid", "TierOutcome"]
@@ -50,8 +51,8 @@ class Attempt:
     attempt: int
     outcome: str
     """ok, a failure kind (timeout, rate_limit, server...), breaker_open, no_time,
-    retry_budget, retry_after_too_long, not_configured (an empty api_key) or invalid (the
-    caller's `accept` rejected the answer)."""
+    retry_budget, retry_after_too_long, not_configured (an empty api_key), invalid (the
+    caller's `accept` rejected the answer) or budget (a `degrade` budget skipped the tier)."""
     duration_ms: float = 0.0
     detail: str | None = None
     wait_ms: float | None = None
@@ -77,6 +78,7 @@ class _Request:
     headers: Mapping[str, str] | None
     params: Mapping[str, Any] | None
     accept: Accept | None
+    gate: Gate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,23 @@ class TierOutcome:
         return f"every tier failed ({summary})"
 
 
+async def _reserve(request: _Request, name: str, number: int, tier: ModelTier,
+                   attempts: list[Attempt]) -> Reservation | Literal[False] | None:
+    """The call's budget reservation; None without budgets; False when a `degrade` budget
+    skips this tier (recorded as an attempt). A `block` budget raises."""
+    if request.gate is None:
+        return None
+    outcome = await request.gate.reserve(request.gate.estimate(tier, request.messages))
+    if isinstance(outcome, Reservation):
+        return outcome
+    if outcome.on_exceed == "block":
+        raise BudgetExceeded(f"the {outcome.period} budget of ${outcome.limit_usd:g} "
+                             f"({outcome.scope}) would be exceeded")
+    attempts.append(Attempt(name, number, "budget", detail=f"{outcome.period} budget of "
+                                                           f"${outcome.limit_usd:g} reached"))
+    return False
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -127,10 +146,14 @@ class Pyramid:
 
     async def call(self, messages: list[dict[str, Any]], remaining: Callable[[], float],
                    headers: Mapping[str, str] | None = None, *, params: Params | None = None,
-                   accept: Accept | None = None) -> TierOutcome:
+                   accept: Accept | None = None, gate: Gate | None = None) -> TierOutcome:
+        """Ask the tiers in order. With a budget `gate`, each call first reserves its
+        worst-case cost: a `degrade` budget that refuses skips the tier (a `budget` attempt),
+        a `block` one raises `BudgetExceeded`."""
         attempts: list[Attempt] = []
         for name, tier in self.tiers:
-            request = _Request(messages, headers, params(tier) if params else None, accept)
+            request = _Request(messages, headers, params(tier) if params else None, accept,
+                               gate)
             completion = await self._tier(name, tier, request, remaining, attempts)
             if completion is not None:
                 return TierOutcome(name, completion, attempts)
@@ -150,7 +173,10 @@ class Pyramid:
             if timeout < MIN_CALL:
                 attempts.append(Attempt(name, number, "no_time"))
                 return None
-            result, attempt = await self._attempt(name, number, tier, request, timeout)
+            gated = await self._gated(name, number, tier, request, timeout, attempts)
+            if gated is None:
+                return None  # a degrade budget skips this tier
+            result, attempt = gated
             if isinstance(result, Completion) and request.accept is not None:
                 problem = request.accept(result)
                 if problem is not None:
@@ -170,6 +196,20 @@ class Pyramid:
             attempts.append(replace(attempt, wait_ms=round(wait * 1000, 3)))
             await self.resources.sleep(wait)
         return None
+
+    async def _gated(self, name: str, number: int, tier: ModelTier, request: _Request,
+                     timeout: float, attempts: list[Attempt]
+                     ) -> tuple[Completion | Failure | None, Attempt] | None:
+        """An attempt inside its budget reservation: reserved before, settled after; None
+        when a `degrade` budget skips the tier."""
+        reservation = await _reserve(request, name, number, tier, attempts)
+        if reservation is False:
+            return None
+        result, attempt = await self._attempt(name, number, tier, request, timeout)
+        if reservation is not None and request.gate is not None:
+            await request.gate.settle(reservation, result.cost_usd
+                                      if isinstance(result, Completion) else 0.0)
+        return result, attempt
 
     async def _attempt(self, name: str, number: int, tier: ModelTier, request: _Request,
                        timeout: float) -> tuple[Completion | Failure | None, Attempt]:

@@ -28,7 +28,9 @@ from engine.spec.models import Breaker, Resource
 if TYPE_CHECKING:
     from engine.cache.store import CacheStore
     from engine.index import DocumentIndex
+    from engine.resources.budgets import BudgetStore, PipelineBudgets
     from engine.resources.embeddings import Embedder
+    from engine.spec.models import PipelineSpec
 
 __all__ = ["Resources"]
 
@@ -66,6 +68,7 @@ class Resources:
         self._limiters: dict[str | None, RateLimiter] = {}
         self._embedder: Embedder | None = None
         self._caches: dict[str, CacheStore] = {}
+        self._budget_stores: dict[str, BudgetStore] = {}
         self._indexes: dict[tuple[str, Path], DocumentIndex] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -92,8 +95,11 @@ class Resources:
             await limiter.aclose()
         for cache in self._caches.values():
             await cache.aclose()
+        for store in self._budget_stores.values():
+            await store.aclose()
         self._limiters.clear()
         self._caches.clear()
+        self._budget_stores.clear()
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` off the request's critical path (storing a cache entry, say); `aclose`
@@ -132,6 +138,23 @@ class Resources:
         elif self._indexes[key].settings != settings:
             raise ValueError(f"index '{name}' of {key[1]} is already open with other settings")
         return self._indexes[key]
+
+    def budgets(self, spec: PipelineSpec) -> PipelineBudgets | None:
+        """The pipeline's budgets (None without `budgets:`); stores shared per process, or
+        through Redis by every replica."""
+        if not spec.budgets:
+            return None
+        from engine.resources.budgets import PipelineBudgets
+
+        return PipelineBudgets(spec, self._budget_store, self.models.cost, self.spawn)
+
+    def _budget_store(self, where: str) -> BudgetStore:
+        if where not in self._budget_stores:
+            from engine.resources.budgets import MemoryBudgetStore, RedisBudgetStore
+
+            self._budget_stores[where] = (MemoryBudgetStore() if where == "memory"
+                                          else RedisBudgetStore(where))
+        return self._budget_stores[where]
 
     def rate_limiter(self, redis_url: str | None) -> RateLimiter:
         """This process's buckets, or the buckets shared by every process using `redis_url`."""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from engine.spec.types import Duration, StageName, StageNames
-from engine.template import ConditionStr, TemplateValue
+from engine.template import ConditionStr, TemplateStr, TemplateValue
 
 __all__ = [
     "Breaker",
@@ -98,6 +98,28 @@ class Slo(_Spec):
     parse_success: float | None = Field(None, ge=0, le=1, description="at least")
 
 
+class Budget(_Spec):
+    """A spending limit: per pipeline or per a scope rendered from the input (a tenant), per
+    UTC day or month. Each model call reserves its worst-case cost first and settles the
+    real cost after, so concurrent requests cannot overshoot the limit together."""
+
+    scope: TemplateStr = Field(
+        "pipeline", validate_default=True,
+        description="pipeline, or a template over input, e.g. {{ input.tenant }}")
+    period: Literal["day", "month"] = "day"
+    limit_usd: float = Field(gt=0)
+    alert_at: list[float] = Field(default_factory=lambda: [0.8, 1.0],
+                                  description="shares of the limit that alert, once a period")
+    on_exceed: Literal["block", "degrade"] = Field(
+        "block", description="block: the stage fails (on_error decides); degrade: only tiers "
+                             "that cost nothing (local/) are asked")
+    store: str = Field("memory", description="memory, or a redis:// URL shared by replicas")
+
+
+class Alerts(_Spec):
+    webhook: str | None = Field(None, description="POSTed a JSON alert; empty: log only")
+
+
 class Resource(BaseModel):
     """A shared, long-lived thing (cache, index, store); its settings belong to its type."""
 
@@ -136,3 +158,5 @@ class PipelineSpec(_Spec):
     stages: dict[StageName, StageSpec] = Field(min_length=1)
     output: TemplateValue = None
     slo: Slo | None = Field(None, description="targets for `engine report`")
+    budgets: list[Budget] = Field(default_factory=list)
+    alerts: Alerts = Field(default_factory=Alerts)

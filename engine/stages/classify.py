@@ -123,6 +123,7 @@ class ClassifyStage(Stage[ClassifyConfig]):
                                 if name in models], defaults.retry, defaults.breaker,
                                setup.resources)
         self.resources = setup.resources
+        self.budgets = setup.resources.budgets(setup.pipeline)
         self._fitted: asyncio.Lock | None = None
         self._ready = False
 
@@ -191,8 +192,9 @@ class ClassifyStage(Stage[ClassifyConfig]):
             readings.append(reading)
             return None
 
+        gate = self.budgets.gate(ctx.render) if self.budgets is not None else None
         outcome = await self.pyramid.call(self.prompt.messages(text), ctx.remaining,
-                                          params=self._params, accept=accept)
+                                          params=self._params, accept=accept, gate=gate)
         return outcome, readings[-1] if readings else None
 
     def _params(self, tier: ModelTier) -> Mapping[str, Any]:

@@ -38,6 +38,7 @@ from engine.errors import StageError
 from engine.providers.client import is_local
 from engine.providers.pyramid import Pyramid, TierOutcome
 from engine.providers.structured import instruction, schema_format, supports_schema
+from engine.resources.budgets import Gate
 from engine.runtime.context import StageContext
 from engine.spec.models import ModelTier, Retry
 from engine.spec.types import ModelRefStr
@@ -91,6 +92,7 @@ class GenerateStage(Stage[GenerateConfig]):
                                setup.resources, stream=self.config.stream)
         self.idempotency = setup.resources.idempotency
         self.schema = _load_schema(setup.base_dir, self.config.response_schema)
+        self.budgets = setup.resources.budgets(setup.pipeline)
 
     async def warm_up(self) -> None:
         await self.pyramid.resources.models.warm_up(tier for _, tier in self.pyramid.tiers)
@@ -141,7 +143,7 @@ class GenerateStage(Stage[GenerateConfig]):
     async def answer(self, ctx: StageContext, messages: list[dict[str, Any]],
                      headers: dict[str, str] | None) -> dict[str, Any]:
         outcome = await self.pyramid.call(messages, ctx.remaining, headers,
-                                          params=self.params)
+                                          params=self.params, gate=self.gate(ctx))
         attempts = [attempt.to_json() for attempt in outcome.attempts]
         ctx.note(tier=outcome.tier or "static")
         ctx.note_call(outcome.call_note())
@@ -157,6 +159,10 @@ class GenerateStage(Stage[GenerateConfig]):
                 "model": None, "usage": {"input_tokens": 0, "output_tokens": 0},
                 "cost_usd": 0.0, "attempts": attempts}
 
+
+    def gate(self, ctx: StageContext) -> Gate | None:
+        """The record's budgets, when the pipeline has any."""
+        return self.budgets.gate(ctx.render) if self.budgets is not None else None
 
     def params(self, tier: ModelTier) -> Mapping[str, Any]:
         """A tier that supports JSON-schema responses is asked for the response schema."""

@@ -227,7 +227,8 @@ class ValidateStage(Stage[ValidateConfig]):
                    turn: int, passages: list[Any] | None, spent: Spent) -> Inspection | None:
         """One call to `tier` and its answer inspected; None when the tier did not answer."""
         outcome = await self.single[tier].call(messages, ctx.remaining,
-                                               params=self.generate.params)
+                                               params=self.generate.params,
+                                               gate=self.generate.gate(ctx))
         ctx.note_call(outcome.call_note())
         if outcome.completion is None:
             spent.attempts += [attempt.to_json() for attempt in outcome.attempts]
