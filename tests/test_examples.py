@@ -41,6 +41,7 @@ README_RUNS = {
     "cached": ({"question": "hi", "tenant": "t"}, lambda out: out == "answer to hi"),
     "validated": ({"question": "When does a refund for a duplicate charge reach my card?"},
                   lambda out: "5-7 business days" in out["reply"] and out["sources"] == [1]),
+    "governed": ({"question": "hi", "tenant": "acme"}, lambda out: out == "local"),
     "triaged": ({"ticket": "I was charged twice this month, please refund one payment"},
                 lambda out: out == {"category": "billing",
                                     "sources": ["refund-duplicate-charge"]}),
