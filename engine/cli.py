@@ -190,6 +190,48 @@ def report(
     return command(path, pipeline, as_json, html)
 
 
+@app.command()
+def estimate(
+    file: PipelineFile,
+    requests_per_day: Annotated[int, typer.Option(
+        "--requests-per-day", "-n", min=0, help="Expected traffic.")] = 10_000,
+    cache_hit_rate: Annotated[float, typer.Option(
+        "--cache-hit-rate", min=0.0, max=1.0, help="Share of requests a cache stage answers: "
+        "the stages after it are skipped for them.")] = 0.0,
+    input_tokens: Annotated[int, typer.Option(
+        "--input-tokens", min=0, help="Tokens assumed per call for the rendered variables "
+        "(the ticket, retrieved passages...), unknown before launch; added to the prompt's "
+        "counted static text.")] = 200,
+    output_tokens: Annotated[int, typer.Option(
+        "--output-tokens", min=0, help="Expected tokens per generated answer (a tier's "
+        "max_tokens param is shown as the upper bound).")] = 250,
+    llm_share: Annotated[float, typer.Option(
+        "--llm-share", min=0.0, max=1.0, help="Share of requests for which a cascade "
+        "classify asks a model (the local embeddings decide the rest).")] = 0.3,
+    reask_rate: Annotated[float, typer.Option(
+        "--reask-rate", min=0.0, max=1.0, help="Share of answers a validate stage re-asks "
+        "(0: re-asks not estimated).")] = 0.0,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option(
+        "--compare", metavar="OLD NEW", help="Two versions of a prompt template: their "
+        "tokens and what the rewrite saves at the first tier's input price.",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the estimate as JSON instead of tables.")] = False,
+) -> int:
+    """What a pipeline will cost before launch: per request, per day and per month, by tier.
+
+    Counts every prompt template's tokens offline (tiktoken), prices each tier (its `price`,
+    else litellm's cost map; local/ models are free). Exit code 0, or 2 for a bad pipeline
+    or an unreadable --compare template.
+    """
+    from engine.commands.estimate import estimate as command
+    from engine.cost import Assumptions
+
+    assume = Assumptions(requests_per_day, cache_hit_rate, input_tokens, output_tokens,
+                         llm_share, reask_rate)
+    return command(file, assume, compare, as_json)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:

@@ -20,7 +20,7 @@ from engine.providers.client import is_local
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["TokenCounter"]
+__all__ = ["TokenCounter", "encoding_for"]
 
 FALLBACK_ENCODING = "cl100k_base"
 
@@ -36,7 +36,7 @@ def _bundled_encodings() -> None:
 
 
 @functools.cache
-def _encoding(model: str) -> tuple[tiktoken.Encoding, bool]:
+def encoding_for(model: str) -> tuple[tiktoken.Encoding, bool]:
     """The model's tiktoken encoding and whether it is exact (else cl100k_base stands in)."""
     _bundled_encodings()
     import tiktoken
@@ -56,7 +56,7 @@ class TokenCounter:
         self._litellm: Any = None
 
     def count(self, text: str) -> int:
-        encoding, exact = _encoding(self.model)
+        encoding, exact = encoding_for(self.model)
         if exact or is_local(self.model):
             return len(encoding.encode(text, disallowed_special=()))
         return int(self.litellm.token_counter(model=self.model, text=text))
@@ -71,7 +71,7 @@ class TokenCounter:
 
     def truncate(self, text: str, limit: int) -> str:
         """The longest prefix of `text` within `limit` tokens, cut on a token boundary."""
-        encoding, _ = _encoding(self.model)
+        encoding, _ = encoding_for(self.model)
         tokens = encoding.encode(text, disallowed_special=())
         keep = limit
         while keep > 0:
