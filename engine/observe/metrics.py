@@ -213,6 +213,7 @@ class _Instruments(Collector):
             families = [family.family() for family in self.families]
         yield from families
         yield self.breaker_states()
+        yield self.budget_spend()
 
     def breakers(self) -> list[CircuitBreaker]:
         # list(): a scrape runs on the exporter's thread while the loop may add a breaker.
@@ -227,6 +228,20 @@ class _Instruments(Collector):
         family = _breaker_family()
         for name, value in sorted(states.items()):
             family.add_metric([name], value)
+        return family
+
+
+    def budget_spend(self) -> Metric:
+        """The share of each budget spent in its current period (its busiest scope's)."""
+        family = GaugeMetricFamily("engine_budget_spend_ratio",
+                                   "Share of a budget spent this period (the busiest scope)",
+                                   labels=["pipeline", "budget"])
+        shares: dict[tuple[str, str], float] = {}
+        for res in list(self.sources):
+            for key, (_, share) in list(res.budget_levels.shares.items()):
+                shares[key] = max(share, shares.get(key, 0.0))
+        for (pipeline, budget), share in sorted(shares.items()):
+            family.add_metric([pipeline, budget], share)
         return family
 
 

@@ -22,6 +22,7 @@ from engine.providers.breaker import BreakerStore, CircuitBreaker, MemoryBreaker
 from engine.providers.client import ModelClient
 from engine.providers.idempotency import IdempotencyStore, MemoryIdempotency
 from engine.providers.retry import RetryBudget
+from engine.resources.budgets import BudgetLevels
 from engine.resources.limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from engine.spec.models import Breaker, Resource
 
@@ -69,6 +70,8 @@ class Resources:
         self._embedder: Embedder | None = None
         self._caches: dict[str, CacheStore] = {}
         self._budget_stores: dict[str, BudgetStore] = {}
+        self.budget_levels = BudgetLevels()
+        """The share of each budget spent, for metrics."""
         self._indexes: dict[tuple[str, Path], DocumentIndex] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -146,7 +149,8 @@ class Resources:
             return None
         from engine.resources.budgets import PipelineBudgets
 
-        return PipelineBudgets(spec, self._budget_store, self.models.cost, self.spawn)
+        return PipelineBudgets(spec, self._budget_store, self.models.cost, self.spawn,
+                               levels=self.budget_levels)
 
     def _budget_store(self, where: str) -> BudgetStore:
         if where not in self._budget_stores:

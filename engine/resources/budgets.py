@@ -34,8 +34,8 @@ from engine.spec.models import Budget, ModelTier, PipelineSpec
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["BudgetExceeded", "BudgetStore", "Gate", "MemoryBudgetStore", "PipelineBudgets",
-           "RedisBudgetStore"]
+__all__ = ["BudgetExceeded", "BudgetLevels", "BudgetStore", "Gate", "MemoryBudgetStore",
+           "PipelineBudgets", "RedisBudgetStore"]
 
 DEFAULT_OUTPUT_TOKENS = 1024
 """The output a call is assumed to need when its tier sets no `max_tokens`."""
@@ -202,14 +202,31 @@ class Gate:
             await self.owner.alert(held, spent)
 
 
+class BudgetLevels:
+    """The share of each budget spent in its current period, as this process last saw it
+    (the largest over a budget's scopes: one tenant near its limit is the news), for the
+    `engine_budget_spend_ratio` metric. Keyed by pipeline and budget (`scope/period`), never
+    by a tenant: metric labels stay few."""
+
+    def __init__(self) -> None:
+        self.shares: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def record(self, pipeline: str, held: _Held, share: float) -> None:
+        key = (pipeline, f"{held.budget.scope.source}/{held.budget.period}")
+        period, known = self.shares.get(key, (held.period, 0.0))
+        self.shares[key] = (held.period, share if period != held.period else max(known, share))
+
+
 class PipelineBudgets:
     """A pipeline's budgets and their stores; `gate(render)` per record."""
 
     def __init__(self, spec: PipelineSpec, stores: Callable[[str], BudgetStore],
                  cost: Callable[[ModelTier, int, int], float],
                  spawn: Callable[[Coroutine[Any, Any, Any]], None],
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None,
+                 levels: BudgetLevels | None = None) -> None:
         self.pipeline = spec.name
+        self.levels = levels if levels is not None else BudgetLevels()
         self.budgets = spec.budgets
         self.webhook = spec.alerts.webhook or None
         self._stores = stores
@@ -225,6 +242,7 @@ class PipelineBudgets:
         return Gate(self, [(budget, str(render(budget.scope))) for budget in self.budgets])
 
     async def alert(self, held: _Held, spent: float) -> None:
+        self.levels.record(self.pipeline, held, spent / held.budget.limit_usd)
         for threshold in sorted(held.budget.alert_at):
             if spent < threshold * held.budget.limit_usd:
                 break

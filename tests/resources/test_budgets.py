@@ -119,3 +119,17 @@ async def test_alerts_fire_once_per_threshold(stub: StubProvider) -> None:
         await runner.cleanup()
     assert [(p["threshold"], p["spent_usd"]) for p in posted] == [(0.5, 4.0), (1.0, 8.0)]
     assert posted[0]["limit_usd"] == 8 and posted[0]["scope"] == "pipeline"
+
+
+async def test_the_share_spent_is_exported_as_a_metric(stub: StubProvider) -> None:
+    from engine.observe.metrics import Metrics
+
+    pipeline = build(stub, '  - {scope: "{{ input.tenant }}", period: month, limit_usd: 8}')
+    metrics = Metrics()
+    metrics.watch_breakers(pipeline.resources)
+    for tenant in ("acme", "acme", "acme", "globex"):
+        await pipeline.run({"q": "hi", "tenant": tenant})
+    share = metrics.registry.get_sample_value(
+        "engine_budget_spend_ratio",
+        {"pipeline": "budgeted", "budget": "{{ input.tenant }}/month"})
+    assert share == pytest.approx(0.75)  # acme: $6 of $8, the busiest tenant
