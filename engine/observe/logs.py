@@ -35,18 +35,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
+from engine.observe.traceparent import parent_of
 from engine.results import RunResult, StageEvent
 
 __all__ = [
     "JsonFormatter",
     "JsonLogs",
-    "TraceParent",
     "configure",
     "env_secrets",
-    "parent_of",
-    "parse_traceparent",
     "pseudonym",
     "scrub",
     "trace_id_for",
@@ -64,41 +62,6 @@ _FAILED = frozenset({"error", "timeout", "recovered"})
 
 
 # --- W3C trace context ----------------------------------------------------------------------
-
-class TraceParent(NamedTuple):
-    trace_id: str
-    """32 lowercase hex digits."""
-    span_id: str
-    """16 lowercase hex digits: the caller's span, the parent of the run's root span."""
-    flags: int
-
-
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-
-
-def parse_traceparent(value: object) -> TraceParent | None:
-    """A valid W3C `traceparent` header value, else None (it is then ignored, not an error).
-
-    Per the spec: lowercase hex only; version `ff` is invalid; version `00` has exactly four
-    fields (later versions may append more, which are ignored); all-zero ids are invalid.
-    """
-    if not isinstance(value, str):
-        return None
-    match = _TRACEPARENT.fullmatch(value.strip(" \t"))
-    if match is None:
-        return None
-    version, trace_id, span_id, flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return None
-    if set(trace_id) == {"0"} or set(span_id) == {"0"}:
-        return None
-    return TraceParent(trace_id, span_id, int(flags, 16))
-
-
-def parent_of(record: object) -> TraceParent | None:
-    """The record's `traceparent` field, when it is a dict holding a valid one."""
-    return parse_traceparent(record.get("traceparent")) if isinstance(record, dict) else None
-
 
 def trace_id_for(record: object, result: RunResult) -> str:
     """The id logs and traces share: the traceparent's trace id, else the result's own."""

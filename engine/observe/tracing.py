@@ -42,7 +42,6 @@ and stage details stay out of spans: they may hold PII, and the logs scrub them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -60,7 +59,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from engine.observe.logs import TraceParent, parent_of
+from engine.observe import traceparent
+from engine.observe.traceparent import TraceParent, parent_of
 from engine.results import RunResult, StageEvent
 
 __all__ = ["Tracing", "root_span_id", "traceparent_for"]
@@ -76,10 +76,8 @@ Attributes = dict[str, AttributeValue]
 
 
 def root_span_id(result: RunResult) -> int:
-    """The run's root span id: 64 bits of BLAKE2b of the result's (random) trace id, so it
-    is known before, during and after export, and unique per run even under a traceparent."""
-    digest = hashlib.blake2b(result.trace_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") or 1
+    """The run's root span id (see `engine.observe.traceparent`)."""
+    return traceparent.root_span_id(result.trace_id)
 
 
 def traceparent_for(result: RunResult, record: Any = None) -> str:
@@ -88,12 +86,9 @@ def traceparent_for(result: RunResult, record: Any = None) -> str:
     Pass the input record when it may carry a `traceparent`: the run then lives in that
     trace, with that trace's sampled flag.
     """
-    parent = parent_of(record)
-    trace_id = parent.trace_id if parent is not None else result.trace_id
-    if len(trace_id) != 32:
+    if len(result.trace_id) != 32:
         raise ValueError(f"result #{result.index} has no trace id")
-    sampled = parent.flags & 1 if parent is not None else 1
-    return f"00-{trace_id}-{root_span_id(result):016x}-{sampled:02x}"
+    return traceparent.header(result.trace_id, record)
 
 
 class _RunIds(IdGenerator):

@@ -17,12 +17,14 @@ class RunHooks:
     callbacks see the output of a run that ended well (the cache stores it); `degraded`
     says why an answer, though delivered, must not be reused (a static fallback)."""
 
-    __slots__ = ("degraded", "finalizers", "on_success")
+    __slots__ = ("degraded", "finalizers", "on_success", "trace_id")
 
-    def __init__(self) -> None:
+    def __init__(self, trace_id: str = "") -> None:
         self.finalizers: list[Callable[[Any], Any]] = []
         self.on_success: list[Callable[[Any], None]] = []
         self.degraded: list[str] = []
+        self.trace_id = trace_id
+        """The run's trace id (32 hex), known from its start: model calls carry it."""
 
 
 class StageContext:
@@ -66,6 +68,16 @@ class StageContext:
         if self._notes is None:
             self._notes = {}
         self._notes.update(fields)
+
+    def traceparent(self) -> dict[str, str]:
+        """The W3C `traceparent` header naming this run's root span (in the caller's trace
+        when the record carries one), for a model call: a provider's spans then join the
+        run's trace. Empty when the run has no trace id."""
+        if not self.hooks.trace_id:
+            return {}
+        from engine.observe.traceparent import header
+
+        return {"traceparent": header(self.hooks.trace_id, self.input)}
 
     def note_call(self, call: dict[str, Any]) -> None:
         """Record one model call (`TierOutcome.call_note()`) in this stage's `llm` list: a

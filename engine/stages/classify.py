@@ -194,7 +194,8 @@ class ClassifyStage(Stage[ClassifyConfig]):
 
         gate = self.budgets.gate(ctx.render) if self.budgets is not None else None
         outcome = await self.pyramid.call(self.prompt.messages(text), ctx.remaining,
-                                          params=self._params, accept=accept, gate=gate)
+                                          ctx.traceparent(), params=self._params,
+                                          accept=accept, gate=gate)
         return outcome, readings[-1] if readings else None
 
     def _params(self, tier: ModelTier) -> Mapping[str, Any]:

@@ -112,15 +112,16 @@ class GenerateStage(Stage[GenerateConfig]):
         messages = self.messages(ctx)
         key = (ctx.render(self.config.idempotency_key)
                if self.config.idempotency_key is not None else None)
+        headers = ctx.traceparent()
         if key is None or key == "":  # a record without an id: no idempotency, not a shared key
-            return await self.answer(ctx, messages, None)
+            return await self.answer(ctx, messages, headers)
         key = str(key)
         fresh = False
 
         async def first_call() -> dict[str, Any]:
             nonlocal fresh
             fresh = True
-            return await self.answer(ctx, messages, {"Idempotency-Key": key})
+            return await self.answer(ctx, messages, {**headers, "Idempotency-Key": key})
 
         result = await self.idempotency.run(f"{self.pipeline_name}/{self.name}/{key}",
                                             first_call)

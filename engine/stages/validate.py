@@ -226,7 +226,7 @@ class ValidateStage(Stage[ValidateConfig]):
     async def _try(self, ctx: StageContext, tier: str, messages: list[dict[str, Any]],
                    turn: int, passages: list[Any] | None, spent: Spent) -> Inspection | None:
         """One call to `tier` and its answer inspected; None when the tier did not answer."""
-        outcome = await self.single[tier].call(messages, ctx.remaining,
+        outcome = await self.single[tier].call(messages, ctx.remaining, ctx.traceparent(),
                                                params=self.generate.params,
                                                gate=self.generate.gate(ctx))
         ctx.note_call(outcome.call_note())

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
-from engine.observe.logs import parse_traceparent
+from engine.observe.traceparent import parse_traceparent
 from engine.observe.tracing import Tracing, root_span_id, traceparent_for
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import StubConfig
@@ -264,3 +264,21 @@ def test_the_env_endpoint_does_not_touch_a_given_provider(
     # the provider is the caller's: still usable after close
     provider.get_tracer("other").start_span("x").end()
     assert len(exporter.get_finished_spans()) == 2
+
+
+async def test_model_calls_carry_the_runs_traceparent(stub: StubProvider,
+                                                      tracing: Tracing,
+                                                      exporter: InMemorySpanExporter) -> None:
+    """Propagation: a provider's spans are children of the run's root span."""
+    pipeline = build(stub)
+    own = await pipeline.run({"q": "one"})
+    joined_record = {"q": "two", "traceparent": PARENT}
+    joined = await pipeline.run(joined_record)
+    sent = [request.headers["traceparent"] for request in stub.requests]
+    assert sent[0] == traceparent_for(own)
+    assert sent[-1] == traceparent_for(joined, joined_record)
+    assert sent[-1].split("-")[1] == PARENT.split("-")[1]  # the caller's trace
+    tracing.observe("traced", None, own)
+    [root] = [span for span in exporter.get_finished_spans() if span.parent is None]
+    assert root.context is not None
+    assert sent[0] == f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
