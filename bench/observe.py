@@ -38,8 +38,8 @@ from engine.observe.metrics import Metrics
 from engine.results import RunResult
 
 TARGET = 1.15
-SAMPLED = 0.1
-"""The share of runs traced in the sampled variant."""
+SAMPLED = (0.1, 0.01)
+"""The shares of runs traced in the sampled variants."""
 
 
 class Consumer(Protocol):
@@ -134,13 +134,17 @@ def build_runners(chain: CompiledPipeline, sink: IO[str]
     full: list[Consumer] = [metrics]
     drains: list[Callable[[], int]] = []
     missing: list[str] = []
-    traced, sampled = tracing_consumer(), tracing_consumer(SAMPLED)
-    if traced is None or sampled is None:
+    traced = tracing_consumer()
+    sampled = [(ratio, tracing_consumer(ratio)) for ratio in SAMPLED]
+    if traced is None:
         missing.append("tracing (engine/observe/tracing.py)")
     else:
-        variants[f"+tracing@{SAMPLED:.0%}"] = [metrics, sampled[0]]
+        for ratio, consumer in sampled:
+            if consumer is not None:
+                variants[f"+tracing@{ratio:.0%}"] = [metrics, consumer[0]]
+                drains.append(consumer[1])
         variants["+tracing"] = full = [metrics, traced[0]]
-        drains += [traced[1], sampled[1]]
+        drains.append(traced[1])
     logs = logs_consumer(sink)
     if logs is None:
         missing.append("JSON logs (engine/observe/logs.py)")

@@ -72,6 +72,10 @@ def run(
     otlp: Annotated[str | None, typer.Option(
         "--otlp", help="Send traces to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 "
         "[default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no traces].", show_default=False)] = None,
+    trace_sample: Annotated[float, typer.Option(
+        "--trace-sample", min=0.0, max=1.0,
+        help="The share of runs traced (head sampling; a record's traceparent decides for "
+        "its own run).")] = 1.0,
     log_json: Annotated[str | None, typer.Option(
         "--log-json", help="Write JSON log lines (run and trace ids, no secrets or personal "
         "data) to this file, or '-' for stderr.")] = None,
@@ -87,7 +91,7 @@ def run(
     from engine.observe.observers import ObserveOptions, default_store
 
     options = ObserveOptions(None if no_store else store or default_store(), metrics_port,
-                             otlp, log_json)
+                             otlp, log_json, trace_sample)
     return command(file, input, output, set_ or [], concurrency, trace, options)
 
 

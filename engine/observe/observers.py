@@ -46,6 +46,8 @@ class ObserveOptions:
     """An OTLP/HTTP endpoint for traces (else OTEL_EXPORTER_OTLP_ENDPOINT, else no traces)."""
     log_json: str | None = None
     """A file for JSON log lines, or "-" for stderr."""
+    trace_sample: float = 1.0
+    """The share of runs traced."""
 
 
 class Observers:
@@ -81,7 +83,7 @@ class Observers:
             return
         from engine.observe.tracing import Tracing
 
-        self.consumers.append(Tracing(otlp_endpoint=options.otlp))
+        self.consumers.append(Tracing(otlp_endpoint=options.otlp, sample=options.trace_sample))
 
     def _open_logs(self, target: str) -> None:
         from engine.observe.logs import JsonLogs, configure, warm_up

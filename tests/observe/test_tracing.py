@@ -282,3 +282,19 @@ async def test_model_calls_carry_the_runs_traceparent(stub: StubProvider,
     [root] = [span for span in exporter.get_finished_spans() if span.parent is None]
     assert root.context is not None
     assert sent[0] == f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
+
+
+async def test_a_sampled_out_run_leaves_no_span_at_all(stub: StubProvider,
+                                                       exporter: InMemorySpanExporter) -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(shutdown_on_exit=False,
+                              sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    tracing.observe("traced", None, await build(stub).run({"q": "one"}))
+    sampled_in = {"q": "two", "traceparent": PARENT}  # the caller sampled it: it is traced
+    tracing.observe("traced", sampled_in, await build(stub).run(sampled_in))
+    roots = [span for span in exporter.get_finished_spans() if span.name == "run traced"]
+    assert len(roots) == 1 and roots[0].context is not None
+    assert f"{roots[0].context.trace_id:032x}" == PARENT.split("-")[1]
