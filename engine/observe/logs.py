@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from engine.observe.observers import Failures
 from engine.observe.traceparent import parent_of
 from engine.results import RunResult, StageEvent
 
@@ -223,7 +224,7 @@ class JsonLogs:
         self.stream = stream
         self.run_id = run_id
         self.salt = salt or os.environ.get(SALT_ENV) or _process_salt
-        self._failures = 0
+        self._failures = Failures(logger, "JSON logs")
 
     def observe(self, pipeline: str, record: Any, result: RunResult) -> None:
         try:
@@ -231,10 +232,7 @@ class JsonLogs:
             self.stream.write("".join(line + "\n" for line in lines))
             self.stream.flush()
         except Exception:
-            self._failures += 1
-            if self._failures == 1:  # once: a broken stream would repeat it per record
-                logger.warning("logs: could not write the lines of record %d", result.index,
-                               exc_info=True)
+            self._failures(result.index)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to save

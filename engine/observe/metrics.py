@@ -63,6 +63,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from engine.observe.observers import Failures
 from engine.results import RunResult, StageEvent
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ class Metrics:
         self._subscribed: set[int] = set()
         self._unsubscribe: list[Callable[[], None]] = []
         self._server: tuple[WSGIServer, threading.Thread] | None = None
-        self.failures = 0
+        self.failures = Failures(_log, "metrics")
         """Results whose observing raised (logged, swallowed): a metric bug never fails a run."""
 
     # -- the consumer interface --------------------------------------------------------------
@@ -296,10 +297,7 @@ class Metrics:
             with self._m.lock:
                 self._result(pipeline, result)
         except Exception:
-            self.failures += 1
-            if self.failures == 1 or self.failures % 1000 == 0:
-                _log.warning("metrics: observing a result failed (%d so far)", self.failures,
-                             exc_info=True)
+            self.failures(result.index)
 
     def close(self) -> None:
         """Stop the HTTP exporter, if `serve` started one, and stop listening to breakers."""

@@ -10,6 +10,7 @@ them in reverse order when the run ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -23,13 +24,30 @@ if TYPE_CHECKING:
     from engine.compile import CompiledPipeline
     from engine.runtime.batch import InputRecord
 
-__all__ = ["Consumer", "ObserveOptions", "Observers", "default_store"]
+__all__ = ["Consumer", "Failures", "ObserveOptions", "Observers", "default_store"]
 
 
 class Consumer(Protocol):
     def observe(self, pipeline: str, record: Any, result: RunResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Failures:
+    """A consumer's failures: counted, and logged with their traceback the first time and
+    every 1000th after — the same fault repeats for every record, and a run must never fail
+    because its observers did (call it from an `except` block)."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.count = 0
+
+    def __call__(self, index: int) -> None:
+        self.count += 1
+        if self.count == 1 or self.count % 1000 == 0:
+            self.logger.warning("%s failed for record %d (%d so far)", self.what, index,
+                                self.count, exc_info=True)
 
 
 def default_store() -> Path:

@@ -61,6 +61,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from engine.observe import traceparent
+from engine.observe.observers import Failures
 from engine.observe.traceparent import TraceParent, parent_of
 from engine.results import RunResult, StageEvent
 
@@ -143,7 +144,7 @@ class Tracing:
         self._ids: _RunIds | None = None
         if provider is not None:
             self._tracer, self._ids = _bound_tracer(provider)
-        self._failures = 0
+        self._failures = Failures(logger, "tracing")
 
     @property
     def enabled(self) -> bool:
@@ -156,10 +157,7 @@ class Tracing:
         try:
             self._spans(self._tracer, pipeline, parent_of(record), result)
         except Exception:
-            self._failures += 1
-            if self._failures == 1:  # once: the same fault would repeat for every record
-                logger.warning("tracing: dropped the spans of record %d", result.index,
-                               exc_info=True)
+            self._failures(result.index)
 
     def close(self) -> None:
         """Flush; shut down the provider if this built it, else only the exporter it added."""

@@ -204,7 +204,7 @@ def test_a_failing_metric_never_breaks_observe(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.WARNING, logger="engine.observe.metrics"):
         metrics.observe("shop", None, result)
         metrics.observe("shop", None, result)
-    assert metrics.failures == 2
+    assert metrics.failures.count == 2
     assert len([r for r in caplog.records if "observing a result failed" in r.message]) == 1
 
 
@@ -247,7 +247,7 @@ def test_guard_validate_and_timeouts_are_read_from_the_notes() -> None:
         assert value(metrics, "engine_timeouts_total", pipeline="p", kind=kind) == n
     assert value(metrics, "engine_fallbacks_total", pipeline="p", reason="timeout",
                  **{"from": "smart", "to": "cheap"}) == 1
-    assert metrics.failures == 0
+    assert metrics.failures.count == 0
 
 
 def test_a_value_on_a_bucket_bound_lands_in_that_bucket() -> None:
