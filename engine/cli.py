@@ -61,6 +61,11 @@ def run(
         "--concurrency", "-c", min=1, help="Records in flight at once.")] = 16,
     trace: Annotated[bool, typer.Option(
         "--trace", help="Print each record's stage timeline to stderr.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run: skip the records --output already "
+        "answers, append the rest.")] = False,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", help="With --resume, redo the records that errored too.")] = False,
     store: Annotated[Path | None, typer.Option(
         "--store", help="The run store read by `engine report` [default: $ENGINE_RUNS_DIR "
         "or runs/].", show_default=False)] = None,
@@ -92,7 +97,8 @@ def run(
 
     options = ObserveOptions(None if no_store else store or default_store(), metrics_port,
                              otlp, log_json, trace_sample)
-    return command(file, input, output, set_ or [], concurrency, trace, options)
+    return command(file, input, output, set_ or [], concurrency, trace, options, resume,
+                   retry_errors)
 
 
 @app.command()

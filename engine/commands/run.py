@@ -1,7 +1,8 @@
 """`engine run`: one record (`--set`) or a JSONL batch through a pipeline.
 
 Results are JSON lines on `--output` (or stdout), written as records complete, one per input
-record. Progress, `--trace` timelines and the summary go to stderr, so stdout stays data.
+record, each line whole (`--resume` picks up an interrupted run: `engine.runtime.resume`).
+Progress, `--trace` timelines and the summary go to stderr, so stdout stays data.
 Exit codes: 0 every record ok, 1 some records errored, 2 the spec or command line is wrong,
 130 interrupted (what was done is flushed).
 """
@@ -33,6 +34,7 @@ from engine.observe.summary import Summary
 from engine.observe.timeline import timeline
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, read_jsonl, run_batch
+from engine.runtime.resume import Done, InputChanged, LineWriter, done_in, remaining
 
 
 class _UsageError(Exception):
@@ -40,16 +42,26 @@ class _UsageError(Exception):
 
 
 def run(file: Path, input_path: str | None, output_path: Path | None, sets: list[str],
-        concurrency: int, trace: bool, observe: ObserveOptions | None = None) -> int:
+        concurrency: int, trace: bool, observe: ObserveOptions | None = None,
+        resume: bool = False, retry_errors: bool = False) -> int:
     err = stderr()
     pipeline = compile_or_report(file)
     if pipeline is None:
         return EXIT_BAD_SPEC
     try:
-        with (_inputs(pipeline, input_path, sets) as (items, total), _output(output_path) as out,
+        done = _done(output_path, resume, retry_errors, err)
+        with (_inputs(pipeline, input_path, sets) as (items, total),
+              _output(output_path, resume) as out,
               _observers(pipeline, observe or ObserveOptions(), err) as observers):
-            summary = asyncio.run(_execute(pipeline, observers.remember(items), total, out,
-                                           concurrency, trace, err, observers))
+            if total is not None:
+                total -= len(done.ids)
+            todo = observers.remember(remaining(items, done))
+            summary = asyncio.run(_execute(pipeline, todo, total, out, concurrency, trace, err,
+                                           observers))
+    except InputChanged as exc:
+        err.print(f"error: --resume: {exc}; start a new output file", style="red",
+                  markup=False)
+        return EXIT_BAD_SPEC
     except _UsageError as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         return EXIT_BAD_SPEC
@@ -60,7 +72,10 @@ def run(file: Path, input_path: str | None, output_path: Path | None, sets: list
                   markup=False)
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_RECORD_ERRORS if summary.errored else EXIT_OK
+    if done.errors:
+        err.print(f"{done.errors} records had errored before and were not retried "
+                  "(--retry-errors)", markup=False)
+    return EXIT_RECORD_ERRORS if summary.errored or done.errors else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -79,7 +94,7 @@ def _observers(pipeline: CompiledPipeline, options: ObserveOptions, err: Console
 
 
 async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], total: int | None,
-                   out: IO[str], concurrency: int, trace: bool, err: Console,
+                   out: IO[str] | LineWriter, concurrency: int, trace: bool, err: Console,
                    observers: Observers) -> Summary:
     summary = Summary()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -129,17 +144,37 @@ def _inputs(pipeline: CompiledPipeline, input_path: str | None, sets: list[str]
         yield read_jsonl(handle, str(path)), total
 
 
+def _done(path: Path | None, resume: bool, retry_errors: bool, err: Console) -> Done:
+    """What an earlier output answers (with --resume), its torn lines dropped."""
+    if retry_errors and not resume:
+        raise _UsageError("--retry-errors goes with --resume")
+    if not resume:
+        return Done()
+    if path is None:
+        raise _UsageError("--resume needs --output FILE: the file says what is done")
+    try:
+        done = done_in(path, retry_errors=retry_errors)
+    except OSError as exc:
+        raise _UsageError(f"cannot resume from --output {path}: {exc.strerror}") from None
+    err.print(f"resuming: {len(done.ids)} records already answered in {path}"
+              + (f", {done.dropped} lines dropped to redo" if done.dropped else ""),
+              markup=False)
+    return done
+
+
 @contextlib.contextmanager
-def _output(path: Path | None) -> Iterator[IO[str]]:
+def _output(path: Path | None, append: bool) -> Iterator[IO[str] | LineWriter]:
     if path is None:
         yield sys.stdout
         return
     try:
-        handle = path.open("w", encoding="utf-8")
+        writer = LineWriter(path, append=append)
     except OSError as exc:
         raise _UsageError(f"cannot write --output {path}: {exc.strerror}") from None
-    with handle:
-        yield handle
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 def _record_from_sets(pipeline: CompiledPipeline, sets: list[str]) -> dict[str, Any]:
