@@ -61,6 +61,13 @@ def run(
         "--concurrency", "-c", min=1, help="Records in flight at once.")] = 16,
     trace: Annotated[bool, typer.Option(
         "--trace", help="Print each record's stage timeline to stderr.")] = False,
+    on: Annotated[str | None, typer.Option(
+        "--on", help="Run the records on Ray: 'ray' (a local Ray), 'auto' or "
+        "'ray://head:10001' (a cluster; workers need the pipeline's files at the same "
+        "path).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="With --on: worker actors, each compiling the pipeline "
+        "once and running --concurrency records at a time.")] = 2,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run: skip the records --output already "
         "answers, append the rest.")] = False,
@@ -97,8 +104,13 @@ def run(
 
     options = ObserveOptions(None if no_store else store or default_store(), metrics_port,
                              otlp, log_json, trace_sample)
+    from engine.commands.run import Cluster
+
+    if on is not None and on != "ray" and on != "auto" and not on.startswith("ray://"):
+        typer.echo(f"error: --on takes ray, auto or ray://HOST:PORT, not {on!r}", err=True)
+        return 2
     return command(file, input, output, set_ or [], concurrency, trace, options, resume,
-                   retry_errors)
+                   retry_errors, Cluster(on, workers))
 
 
 @app.command()

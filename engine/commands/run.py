@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,9 +42,23 @@ class _UsageError(Exception):
     """A wrong command line: reported in one line, exit code 2."""
 
 
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """`--on`: where the records run — here (None), a local Ray ("ray"), or a Ray cluster
+    ("ray://head:10001", "auto") — and with how many workers."""
+
+    on: str | None = None
+    workers: int = 2
+
+    @property
+    def address(self) -> str | None:
+        return None if self.on == "ray" else self.on
+
+
 def run(file: Path, input_path: str | None, output_path: Path | None, sets: list[str],
         concurrency: int, trace: bool, observe: ObserveOptions | None = None,
-        resume: bool = False, retry_errors: bool = False) -> int:
+        resume: bool = False, retry_errors: bool = False,
+        cluster: Cluster | None = None) -> int:
     err = stderr()
     pipeline = compile_or_report(file)
     if pipeline is None:
@@ -57,7 +72,7 @@ def run(file: Path, input_path: str | None, output_path: Path | None, sets: list
                 total -= len(done.ids)
             todo = observers.remember(remaining(items, done))
             summary = asyncio.run(_execute(pipeline, todo, total, out, concurrency, trace, err,
-                                           observers))
+                                           observers, cluster or Cluster()))
     except InputChanged as exc:
         err.print(f"error: --resume: {exc}; start a new output file", style="red",
                   markup=False)
@@ -95,7 +110,7 @@ def _observers(pipeline: CompiledPipeline, options: ObserveOptions, err: Console
 
 async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], total: int | None,
                    out: IO[str] | LineWriter, concurrency: int, trace: bool, err: Console,
-                   observers: Observers) -> Summary:
+                   observers: Observers, cluster: Cluster) -> Summary:
     summary = Summary()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -112,7 +127,14 @@ async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], tot
             progress.advance(task)
 
         try:
-            await run_batch(pipeline, items, sink, concurrency)
+            if cluster.on is None:
+                await run_batch(pipeline, items, sink, concurrency)
+            else:
+                from engine.runtime.ray_runner import run_on_ray
+
+                await run_on_ray(Path(pipeline.loaded.file), None, items, sink,
+                                 address=cluster.address, workers=cluster.workers,
+                                 concurrency=concurrency)
         except asyncio.CancelledError:
             summary.interrupted = True
         finally:
