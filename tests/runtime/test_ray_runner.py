@@ -107,9 +107,9 @@ def test_bad_records_are_error_results(tmp_path: Path) -> None:
     assert results[11].error is not None and results[11].error["type"] == "InvalidInput"
 
 
-def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """Kill one worker when the first results arrive: Ray restarts it and retries its blocks;
-    every index still comes out once, and ok."""
+def _killing_one_worker(tmp_path: Path, count: int) -> tuple[list[RunResult], list[str]]:
+    """Run `count` slow records, killing one worker when the first result arrives."""
+    results: list[RunResult] = []
     killed: list[str] = []
 
     def sink(result: RunResult) -> None:
@@ -119,11 +119,16 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             ray.kill(ray.get_actor(name), no_restart=False)
             killed.append(name)
 
-    results: list[RunResult] = []
-    items = (InputRecord(i, {"n": i}, f"r{i}") for i in range(400))
-    coroutine = run_on_ray(_pipeline(tmp_path, spin=3000), None, items, sink, address=None,
-                           block_size=10, concurrency=4)
-    asyncio.run(coroutine)
+    items = (InputRecord(i, {"n": i}, f"r{i}") for i in range(count))
+    asyncio.run(run_on_ray(_pipeline(tmp_path, spin=3000), None, items, sink, address=None,
+                           block_size=10, concurrency=4))
+    return results, killed
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """Kill one worker when the first results arrive: Ray restarts it and retries its blocks;
+    every index still comes out once, and ok."""
+    results, killed = _killing_one_worker(tmp_path, 400)
     by_index = _by_index(results, 400)
     assert killed
     assert all(result.status == "ok" for result in by_index.values())
@@ -135,20 +140,7 @@ def test_a_block_lost_for_good_is_error_results(tmp_path: Path,
     """Without restarts, the killed worker's blocks fail: their records are counted as
     errors (so the exit code says so), never dropped."""
     monkeypatch.setattr(ray_runner, "_RETRIES", 0)
-    killed: list[str] = []
-
-    def sink(result: RunResult) -> None:
-        results.append(result)
-        if not killed:
-            name = next(n for n in ray.util.list_named_actors() if n.startswith(WORKER_PREFIX))
-            ray.kill(ray.get_actor(name), no_restart=False)
-            killed.append(name)
-
-    results: list[RunResult] = []
-    items = (InputRecord(i, {"n": i}, f"r{i}") for i in range(100))
-    coroutine = run_on_ray(_pipeline(tmp_path, spin=3000), None, items, sink, address=None,
-                           block_size=10, concurrency=4)
-    asyncio.run(coroutine)
+    results, _ = _killing_one_worker(tmp_path, 100)
     lost = [r for r in _by_index(results, 100).values() if r.status == "error"]
     assert lost
     assert all(r.error is not None and r.error["type"] == "WorkerLost" for r in lost)
