@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
     import numpy.typing as npt
 
 __all__ = ["Decision", "LabelSet"]
@@ -38,18 +37,24 @@ class LabelSet:
                  k: int, temperature: float) -> None:
         self.labels = list(texts)
         self.texts = [text for label in self.labels for text in texts[label]]
-        self.owner = np.array([i for i, label in enumerate(self.labels)
-                               for _ in texts[label]], dtype=np.intp)
-        self.bias = np.array([biases.get(label, 0.0) for label in self.labels])
+        self._owner = [i for i, label in enumerate(self.labels) for _ in texts[label]]
+        self._bias = [biases.get(label, 0.0) for label in self.labels]
         self.k = k
         self.temperature = temperature
         self.vectors: npt.NDArray[np.float32] | None = None
 
     def fit(self, vectors: npt.NDArray[np.float32]) -> None:
-        """Take the prototype vectors, in the order of `texts`."""
+        """Take the prototype vectors, in the order of `texts` (numpy is imported here, at
+        warm-up, not when the pipeline compiles: `engine validate` never needs it)."""
+        import numpy as np
+
         self.vectors = vectors
+        self.owner = np.array(self._owner, dtype=np.intp)
+        self.bias = np.array(self._bias)
 
     def decide(self, vector: npt.NDArray[np.float32]) -> Decision:
+        import numpy as np
+
         assert self.vectors is not None, "fit() first"
         similarity = self.vectors @ vector
         scores = np.array([self._score(similarity[self.owner == i])
@@ -62,5 +67,7 @@ class LabelSet:
                          for label, score in zip(self.labels, scores, strict=True)})
 
     def _score(self, similarities: npt.NDArray[np.float32]) -> float:
+        import numpy as np
+
         k = min(self.k, len(similarities))
         return float(np.partition(similarities, -k)[-k:].mean())

@@ -38,8 +38,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
 from engine.index.documents import (
@@ -55,6 +53,8 @@ from engine.resources.embeddings import DIMENSIONS
 
 if TYPE_CHECKING:
     import faiss
+    import numpy as np
+    import numpy.typing as npt
 
     from engine.resources.embeddings import Embedder
 
@@ -198,6 +198,8 @@ class DocumentIndex:
     async def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Embed in slices of the embedder's batch size: one huge pass would hold the model
         (and every record's query waiting behind it) for the whole corpus."""
+        import numpy as np
+
         step = self._embedder.max_batch
         parts = [await self._embedder.embed(texts[i:i + step]) for i in range(0, len(texts), step)]
         return np.concatenate(parts) if parts else np.zeros((0, DIMENSIONS), np.float32)
@@ -228,6 +230,7 @@ class DocumentIndex:
     def _commit(self, files: list[_File]) -> tuple[faiss.IndexFlatIP, list[Chunk]]:
         """Persist (best effort) and build the in-memory FAISS index (thread)."""
         import faiss
+        import numpy as np
 
         try:
             self._persist(files)
@@ -261,6 +264,8 @@ class DocumentIndex:
 
     def _read_vectors(self, record: _FileRecord) -> npt.NDArray[np.float32] | None:
         """A file's saved vectors, or None if missing or not what the record says."""
+        import numpy as np
+
         try:
             vectors = np.load(self.folder / record.vectors, allow_pickle=False)
         except (OSError, ValueError):
@@ -301,6 +306,8 @@ def _check_unique(files: list[_File]) -> None:
 
 def _npy(vectors: npt.NDArray[np.float32]) -> bytes:
     """The .npy bytes of `vectors` (a plain array format: loading it runs no code)."""
+    import numpy as np
+
     buffer = io.BytesIO()
     np.save(buffer, vectors, allow_pickle=False)
     return buffer.getvalue()

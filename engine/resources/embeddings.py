@@ -27,9 +27,8 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
     import numpy.typing as npt
 
 __all__ = ["DIMENSIONS", "Embedder"]
@@ -90,6 +89,7 @@ class Embedder:
 
     def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """One forward pass (the model splits batches above its own batch size)."""
+        import numpy as np
         import torch
 
         model = self._load()
@@ -109,6 +109,8 @@ class Embedder:
     # -- batching -----------------------------------------------------------------------------
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Embed `texts`; concurrent callers share forward passes, recent texts cost none."""
+        import numpy as np
+
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
         known = {text: self._recent[text] for text in texts if text in self._recent}

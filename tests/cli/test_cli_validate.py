@@ -112,7 +112,8 @@ def test_validate_does_not_import_heavy_libraries() -> None:
     code = (
         "import sys; from engine.cli import main; "
         f"assert main(['validate', {str(FLAGSHIP)!r}]) == 0; "
-        "heavy = {'torch', 'litellm', 'sentence_transformers', 'faiss', 'transformers'}; "
+        "heavy = {'torch', 'litellm', 'sentence_transformers', 'faiss', 'transformers', "
+        "'numpy'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
