@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 from engine.providers.structured import parse_json
 
-__all__ = ["Choice", "LabelPrompt", "Reading"]
+__all__ = ["Choice", "LabelPrompt", "Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class Choice:
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class Verdict:
     labels: dict[str, str]
     confidence: float
 
@@ -72,7 +72,7 @@ class LabelPrompt:
         return [{"role": "system", "content": self.system},
                 {"role": "user", "content": text}]
 
-    def read(self, reply: str) -> Reading | str:
+    def read(self, reply: str) -> Verdict | str:
         """The labels in a reply, or what is wrong with it."""
         value = parse_json(reply)
         if not isinstance(value, dict):
@@ -83,7 +83,7 @@ class LabelPrompt:
             where = ".".join(str(p) for p in errors[0].path) or "<root>"
             return f"{where}: {errors[0].message}"
         labels = {name: value[name] for name in self.sets}
-        return Reading(labels, min(1.0, max(0.0, float(value["confidence"]))))
+        return Verdict(labels, min(1.0, max(0.0, float(value["confidence"]))))
 
     def _label(self, key: str, value: Any) -> Any:
         """`"Billing "` → `"billing"` when the set has that label; anything else unchanged."""

@@ -65,7 +65,7 @@ from engine.observe.observers import Failures
 from engine.observe.traceparent import TraceParent, parent_of
 from engine.results import RunResult, StageEvent
 
-__all__ = ["Tracing", "root_span_id", "traceparent_for"]
+__all__ = ["Tracing", "traceparent_for"]
 
 logger = logging.getLogger("engine.observe")
 
@@ -75,11 +75,6 @@ FLUSH_MS = 5000
 """How long `close` waits for the exporter: a dead collector must not hang the exit."""
 
 Attributes = dict[str, AttributeValue]
-
-
-def root_span_id(result: RunResult) -> int:
-    """The run's root span id (see `engine.observe.traceparent`)."""
-    return traceparent.root_span_id(result.trace_id)
 
 
 def traceparent_for(result: RunResult, record: Any = None) -> str:
@@ -192,7 +187,7 @@ class Tracing:
               attributes: Attributes, start: int, result: RunResult) -> trace.Span:
         if self._ids is None or len(result.trace_id) != 32:
             return tracer.start_span(name, parent, attributes=attributes, start_time=start)
-        with self._ids.root(int(result.trace_id, 16), root_span_id(result)):
+        with self._ids.root(int(result.trace_id, 16), traceparent.root_span_id(result.trace_id)):
             return tracer.start_span(name, parent, attributes=attributes, start_time=start)
 
 

@@ -43,7 +43,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from engine.classify.prompt import Choice, LabelPrompt, Reading
+from engine.classify.prompt import Choice, LabelPrompt, Verdict
 from engine.classify.prototypes import LabelSet
 from engine.errors import StageError
 from engine.providers.client import Completion
@@ -181,9 +181,9 @@ class ClassifyStage(Stage[ClassifyConfig]):
                 "confidence": min(confidences.values()), "confidences": confidences,
                 "engine": "embedding", "tier": None, "cost_usd": 0.0}
 
-    async def _ask(self, ctx: StageContext, text: str) -> tuple[TierOutcome, Reading | None]:
+    async def _ask(self, ctx: StageContext, text: str) -> tuple[TierOutcome, Verdict | None]:
         """The pyramid's answer and its reading; an unreadable answer tries the next tier."""
-        readings: list[Reading] = []
+        readings: list[Verdict] = []
 
         def accept(completion: Completion) -> str | None:
             reading = self.prompt.read(completion.text)
@@ -204,7 +204,7 @@ class ClassifyStage(Stage[ClassifyConfig]):
         return {}
 
 
-def _llm_output(reading: Reading, outcome: TierOutcome, completion: Completion,
+def _llm_output(reading: Verdict, outcome: TierOutcome, completion: Completion,
                 attempts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**reading.labels, "confidence": reading.confidence,
             "confidences": dict.fromkeys(reading.labels, reading.confidence),

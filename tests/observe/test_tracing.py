@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
-from engine.observe.traceparent import parse_traceparent
-from engine.observe.tracing import Tracing, root_span_id, traceparent_for
+from engine.observe.traceparent import parse_traceparent, root_span_id
+from engine.observe.tracing import Tracing, traceparent_for
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import StubConfig
 from engine.registry import Registry
@@ -96,7 +96,7 @@ async def test_a_run_is_a_tree_of_run_stage_and_chat_spans(
     assert root.attributes is not None and root.attributes["engine.status"] == "ok"
     trace_id, root_id = ids(root)
     assert f"{trace_id:032x}" == result.trace_id
-    assert root_id == root_span_id(result)
+    assert root_id == root_span_id(result.trace_id)
     assert root.start_time == round(result.started_at * 1e9)
 
     stages = {span.name: span for span in by_name(spans, "stage ")}
@@ -193,7 +193,7 @@ def test_traceparent_for_round_trips() -> None:
     parsed = parse_traceparent(header)
     assert parsed is not None
     assert parsed.trace_id == result.trace_id
-    assert int(parsed.span_id, 16) == root_span_id(result)
+    assert int(parsed.span_id, 16) == root_span_id(result.trace_id)
     assert traceparent_for(result) == header  # stable: computable before or after export
     assert parse_traceparent("01-" + header[3:] + "-future") is not None  # later versions
 
