@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from engine.errors import Diagnostic
     from engine.resources import Resources
     from engine.results import RunResult
+    from engine.runtime.context import RunHooks
     from engine.spec import LoadedSpec
     from engine.stages.base import Stage
 
@@ -68,6 +69,7 @@ class CompiledPipeline:
         for stage in self.stages.values():
             await stage.stage.warm_up()
 
-    async def run(self, record: Any, index: int = 0, record_id: Any = None) -> RunResult:
+    async def run(self, record: Any, index: int = 0, record_id: Any = None, *,
+                  hooks: RunHooks | None = None) -> RunResult:
         """Run one record (already validated against `input.schema`)."""
-        return await run_record(self, record, index, record_id)
+        return await run_record(self, record, index, record_id, hooks)

@@ -79,6 +79,7 @@ class _Request:
     params: Mapping[str, Any] | None
     accept: Accept | None
     gate: Gate | None = None
+    on_token: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +147,16 @@ class Pyramid:
 
     async def call(self, messages: list[dict[str, Any]], remaining: Callable[[], float],
                    headers: Mapping[str, str] | None = None, *, params: Params | None = None,
-                   accept: Accept | None = None, gate: Gate | None = None) -> TierOutcome:
+                   accept: Accept | None = None, gate: Gate | None = None,
+                   on_token: Callable[[str], None] | None = None) -> TierOutcome:
         """Ask the tiers in order. With a budget `gate`, each call first reserves its
         worst-case cost: a `degrade` budget that refuses skips the tier (a `budget` attempt),
-        a `block` one raises `BudgetExceeded`."""
+        a `block` one raises `BudgetExceeded`. A streaming pyramid hands each piece of text
+        to `on_token` as it arrives."""
         attempts: list[Attempt] = []
         for name, tier in self.tiers:
             request = _Request(messages, headers, params(tier) if params else None, accept,
-                               gate)
+                               gate, on_token)
             completion = await self._tier(name, tier, request, remaining, attempts)
             if completion is not None:
                 return TierOutcome(name, completion, attempts)
@@ -223,7 +226,7 @@ class Pyramid:
         try:
             completion = await self.resources.models.complete(
                 tier, request.messages, timeout=timeout, stream=self.stream,
-                headers=request.headers, params=request.params)
+                headers=request.headers, params=request.params, on_token=request.on_token)
         except StreamInterrupted:
             await breaker.record(permit, False)
             raise

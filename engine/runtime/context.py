@@ -15,16 +15,25 @@ class RunHooks:
     """What stages ask of the end of a record's run (one per record, shared by its stages):
     `finalizers` transform the final output (the guard restores pseudonyms); `on_success`
     callbacks see the output of a run that ended well (the cache stores it); `degraded`
-    says why an answer, though delivered, must not be reused (a static fallback)."""
+    says why an answer, though delivered, must not be reused (a static fallback).
 
-    __slots__ = ("degraded", "finalizers", "on_success", "trace_id")
+    The caller of a run may pass its own hooks to say how the request wants to be served
+    (`engine serve` maps HTTP onto them): `cache_control` overrides the cache stages'
+    `control` (a `Cache-Control` header), `on_token` receives the text of generate stages
+    that stream, as it arrives."""
 
-    def __init__(self, trace_id: str = "") -> None:
+    __slots__ = ("cache_control", "degraded", "finalizers", "on_success", "on_token",
+                 "trace_id")
+
+    def __init__(self, trace_id: str = "", *, cache_control: str | None = None,
+                 on_token: Callable[[str], None] | None = None) -> None:
         self.finalizers: list[Callable[[Any], Any]] = []
         self.on_success: list[Callable[[Any], None]] = []
         self.degraded: list[str] = []
         self.trace_id = trace_id
         """The run's trace id (32 hex), known from its start: model calls carry it."""
+        self.cache_control = cache_control
+        self.on_token = on_token
 
 
 class StageContext:

@@ -60,14 +60,16 @@ class _Continued:
 
 
 async def run_record(
-    pipeline: CompiledPipeline, record: Any, index: int = 0, record_id: Any = None
+    pipeline: CompiledPipeline, record: Any, index: int = 0, record_id: Any = None,
+    hooks: RunHooks | None = None,
 ) -> RunResult:
     """Run one record; the request deadline cancels it, and it still yields one result.
+    `hooks` carry the caller's wishes for this run (see `RunHooks`); a fresh set otherwise.
 
     The deadline is a bare `call_at` timer rather than `asyncio.timeout`: it is armed and
     disarmed once per record, and the context manager costs several times as much.
     """
-    run = _RecordRun(pipeline, record)
+    run = _RecordRun(pipeline, record, hooks or RunHooks())
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     timer = loop.call_at(loop.time() + pipeline.deadline, run.expire, task)
@@ -86,7 +88,7 @@ async def run_record(
 class _RecordRun:
     """The state of one record's run. Lives for one `run_record` call."""
 
-    def __init__(self, pipeline: CompiledPipeline, record: Any) -> None:
+    def __init__(self, pipeline: CompiledPipeline, record: Any, hooks: RunHooks) -> None:
         self.pipeline = pipeline
         self.stages = pipeline.stages
         self.started = time.perf_counter()
@@ -109,7 +111,8 @@ class _RecordRun:
         self.error: dict[str, Any] | None = None
         self.output: Any = None
         self.expired = False
-        self.hooks = RunHooks(_trace_id())
+        self.hooks = hooks
+        hooks.trace_id = hooks.trace_id or _trace_id()
 
     def expire(self, task: asyncio.Task[Any] | None) -> None:
         """The request deadline passed: cancel the record's task (see `run_record`)."""

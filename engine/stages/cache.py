@@ -85,8 +85,7 @@ class CacheStage(Stage[CacheConfig]):
         scope = [str(ctx.render(item)) for item in self.config.scope]
         part = partition(self.pipeline, scope, self.fingerprint)
         key = exact_key(part, key_text(text))
-        control = CacheControl.parse(ctx.render(self.config.control)
-                                     if self.config.control is not None else None)
+        control = CacheControl.parse(self.control(ctx))
         vector = None
         if not control.no_cache:
             hit, vector = await self.lookup(store, key, part, text, control)
@@ -125,6 +124,13 @@ class CacheStage(Stage[CacheConfig]):
             store.record("guard_rejection")
         store.record("miss")
         return None, vector
+
+    def control(self, ctx: StageContext) -> Any:
+        """The request's own `Cache-Control` (a header `engine serve` received) wins over the
+        stage's `control` template: the caller knows whether it wants a fresh answer."""
+        if ctx.hooks.cache_control is not None:
+            return ctx.hooks.cache_control
+        return ctx.render(self.config.control) if self.config.control is not None else None
 
     def near_miss(self, text: str, cached: str) -> str | None:
         if not self.config.guards:

@@ -8,7 +8,7 @@ answer:
     prompt: prompts/answer.j2              # a Jinja2 file (the user message), or messages:
     system: "You answer support tickets."  # optional
     static_response: "We will reply by email."   # the last tier: always answers
-    stream: true                           # measure time to first token
+    stream: true                           # time to first token; text to the caller live
     idempotency_key: "{{ input.ticket_id }}"
     cite: "{{ stages.kb.output.passages }}"   # the passages the prompt numbers [1], [2]...
     response_schema: schemas/reply.json    # or pkg.mod:Model: JSON of this shape is asked for
@@ -23,6 +23,10 @@ order cited — so an answer can be traced to the articles it rests on. With `re
 every tier is told the schema in a system message, and a tier whose model litellm knows to
 support JSON-schema responses also gets it as its `response_format` (strict when the schema
 meets the strict subset); a `validate` stage then parses, checks and re-asks.
+
+With `stream: true` the text also goes, as it arrives, to the run's `on_token` hook when the
+caller set one (`engine serve` answering `stream: true`): a tier that fails before its first
+token still falls back, one that breaks after it does not.
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ class GenerateStage(Stage[GenerateConfig]):
     async def answer(self, ctx: StageContext, messages: list[dict[str, Any]],
                      headers: dict[str, str] | None) -> dict[str, Any]:
         outcome = await self.pyramid.call(messages, ctx.remaining, headers,
-                                          params=self.params, gate=self.gate(ctx))
+                                          params=self.params, gate=self.gate(ctx),
+                                          on_token=ctx.hooks.on_token)
         attempts = [attempt.to_json() for attempt in outcome.attempts]
         ctx.note(tier=outcome.tier or "static")
         ctx.note_call(outcome.call_note())

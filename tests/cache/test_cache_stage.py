@@ -10,6 +10,7 @@ from resources_pool import opened
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.registry import Registry
 from engine.resources import Resources
+from engine.runtime.context import RunHooks
 from engine.spec import parse_spec
 
 
@@ -112,6 +113,17 @@ async def test_no_cache_and_no_store() -> None:
     assert (await ask(pipeline, "q"))[1] is None  # nothing was stored
     assert (await ask(pipeline, "q", cache_control="no-cache"))[1] is None
     assert (await ask(pipeline, "q"))[1] == "lookup"
+
+
+async def test_the_caller_s_cache_control_wins_over_the_stage_s() -> None:
+    pipeline = build(resources())
+    await ask(pipeline, "q")
+    fresh = await pipeline.run({"q": "q", "tenant": "acme"}, hooks=RunHooks(
+        cache_control="no-cache"))
+    assert fresh.finished_by is None  # the header asked for a fresh answer
+    cached = await pipeline.run({"q": "q", "tenant": "acme", "cache_control": "no-cache"},
+                                hooks=RunHooks(cache_control="max-age=60"))
+    assert cached.finished_by == "lookup"
 
 
 async def test_eviction_at_the_bound() -> None:

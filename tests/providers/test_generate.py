@@ -20,6 +20,7 @@ from engine.errors import SpecError
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import Rule, StubConfig
 from engine.registry import Registry
+from engine.runtime.context import RunHooks
 from engine.spec import parse_spec
 
 
@@ -297,6 +298,17 @@ async def test_streaming_reports_time_to_first_token(stub: StubProvider,
     assert result.output["text"] == "echo: stream me", result.output["attempts"][0]["detail"]
     assert 0 < result.output["ttft_ms"] < result.duration * 1000
     assert stub.requests_for("smart")[0].stream
+
+
+async def test_a_streaming_stage_hands_its_text_to_the_caller_as_it_arrives(
+        stub: StubProvider, fake: FakeTime) -> None:
+    pipeline = build(stub, fake, PYRAMID + "  stream: true\n", tiers=[
+        tier(stub, "smart"), tier(stub, "cheap"), tier(stub, "fast")])
+    pieces: list[str] = []
+    result = await pipeline.run({"q": "stream me please"}, hooks=RunHooks(
+        on_token=pieces.append))
+    assert len(pieces) > 1 and "".join(pieces) == result.output["text"] == (
+        "echo: stream me please")
 
 
 async def test_a_stream_cut_before_the_first_token_falls_back(stub: StubProvider,
