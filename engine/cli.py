@@ -73,6 +73,11 @@ def run(
         "answers, append the rest.")] = False,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="With --resume, redo the records that errored too.")] = False,
+    redis: Annotated[str | None, typer.Option(
+        "--redis", envvar="ENGINE_REDIS_URL",
+        help="Share state with every other process using this Redis (redis://HOST:PORT/DB): "
+        "circuit breakers, the models' concurrency and rate limits, idempotency keys, and "
+        "the caches and budgets left on memory. Ray workers get it too.")] = None,
     store: Annotated[Path | None, typer.Option(
         "--store", help="The run store read by `engine report` [default: $ENGINE_RUNS_DIR "
         "or runs/].", show_default=False)] = None,
@@ -110,7 +115,7 @@ def run(
         typer.echo(f"error: --on takes ray, auto or ray://HOST:PORT, not {on!r}", err=True)
         return 2
     return command(file, input, output, set_ or [], concurrency, trace, options, resume,
-                   retry_errors, Cluster(on, workers))
+                   retry_errors, Cluster(on, workers, redis))
 
 
 @app.command()

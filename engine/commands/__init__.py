@@ -13,6 +13,7 @@ from engine.errors import Diagnostic, SpecError
 if TYPE_CHECKING:
     from engine.compile import CompiledPipeline
     from engine.registry import Registry
+    from engine.resources import Resources
 
 __all__ = [
     "EXIT_BAD_SPEC",
@@ -46,13 +47,14 @@ def print_diagnostics(console: Console, diagnostics: Iterable[Diagnostic]) -> No
         console.print(str(diagnostic), style=style, markup=False)
 
 
-def compile_or_report(file: Path, registry: Registry | None = None) -> CompiledPipeline | None:
+def compile_or_report(file: Path, registry: Registry | None = None,
+                      resources: Resources | None = None) -> CompiledPipeline | None:
     """Compile `file`, printing its warnings; on errors print them all and return None (the
     verb then exits with EXIT_BAD_SPEC)."""
     from engine.compile import compile_file
 
     try:
-        pipeline = compile_file(file, registry)
+        pipeline = compile_file(file, registry, resources=resources)
     except SpecError as exc:
         print_diagnostics(stderr(), exc.diagnostics)
         return None

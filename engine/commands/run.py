@@ -33,6 +33,7 @@ from engine.compile import CompiledPipeline
 from engine.observe.observers import ObserveOptions, Observers
 from engine.observe.summary import Summary
 from engine.observe.timeline import timeline
+from engine.resources import Resources
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, read_jsonl, run_batch
 from engine.runtime.resume import Done, InputChanged, LineWriter, done_in, remaining
@@ -49,6 +50,8 @@ class Cluster:
 
     on: str | None = None
     workers: int = 2
+    redis_url: str | None = None
+    """State shared by every process of the run (breakers, provider limits, caches, budgets)."""
 
     @property
     def address(self) -> str | None:
@@ -60,7 +63,8 @@ def run(file: Path, input_path: str | None, output_path: Path | None, sets: list
         resume: bool = False, retry_errors: bool = False,
         cluster: Cluster | None = None) -> int:
     err = stderr()
-    pipeline = compile_or_report(file)
+    cluster = cluster or Cluster()
+    pipeline = compile_or_report(file, resources=Resources(redis_url=cluster.redis_url))
     if pipeline is None:
         return EXIT_BAD_SPEC
     try:
@@ -72,7 +76,7 @@ def run(file: Path, input_path: str | None, output_path: Path | None, sets: list
                 total -= len(done.ids)
             todo = observers.remember(remaining(items, done))
             summary = asyncio.run(_execute(pipeline, todo, total, out, concurrency, trace, err,
-                                           observers, cluster or Cluster()))
+                                           observers, cluster))
     except InputChanged as exc:
         err.print(f"error: --resume: {exc}; start a new output file", style="red",
                   markup=False)
@@ -134,7 +138,7 @@ async def _execute(pipeline: CompiledPipeline, items: Iterator[InputRecord], tot
 
                 await run_on_ray(Path(pipeline.loaded.file), None, items, sink,
                                  address=cluster.address, workers=cluster.workers,
-                                 concurrency=concurrency)
+                                 concurrency=concurrency, redis_url=cluster.redis_url)
         except asyncio.CancelledError:
             summary.interrupted = True
         finally:

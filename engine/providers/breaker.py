@@ -12,9 +12,10 @@ carries an expiry (`acquire(timeout)` with the call's timeout), and an expired t
 a failure the next time the breaker is observed. Permits are stamped with the breaker's
 `generation` (bumped on every transition), so a late report from an earlier state is ignored.
 
-State is a plain `BreakerState` behind an async `BreakerStore`, so a Redis store can share it
-between replicas; such a store must then use a shared wall clock (`clock=time.time`) and make
-load-modify-save atomic across processes (the per-breaker lock here covers one process only).
+State is a plain `BreakerState` behind an async `BreakerStore`, so a Redis store
+(engine/providers/breaker_redis.py) can share it between replicas; such a store must then be
+used with a shared wall clock (`clock=time.time`), and its `locked(name)` makes each
+load-modify-save atomic across processes (the per-breaker asyncio lock covers one process).
 Transition listeners are called after the state is saved, in order, with
 `(name, old, new, at)`; a listener that raises is logged and does not break the call.
 """
@@ -26,7 +27,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
@@ -38,6 +39,7 @@ __all__ = ["BreakerState", "BreakerStore", "CircuitBreaker", "MemoryBreakerStore
 State = Literal["closed", "open", "half_open"]
 TransitionListener = Callable[[str, State, State, float], None]
 _log = logging.getLogger(__name__)
+_UNLOCKED: AbstractAsyncContextManager[None] = nullcontext()
 
 
 @dataclass
@@ -72,6 +74,10 @@ class BreakerStore(Protocol):
 
     async def save(self, name: str, state: BreakerState) -> None: ...
 
+    def locked(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held around each load-modify-save; a no-op for a store only one process uses."""
+        ...
+
 
 class MemoryBreakerStore:
     """One process. Keeps each breaker's own state object: only that breaker uses it, under
@@ -86,6 +92,9 @@ class MemoryBreakerStore:
 
     async def save(self, name: str, state: BreakerState) -> None:
         self._data[name] = state
+
+    def locked(self, name: str) -> AbstractAsyncContextManager[None]:
+        return _UNLOCKED
 
 
 @dataclass
@@ -153,7 +162,7 @@ class CircuitBreaker:
         """Load, apply what time alone changes (expired trials count as failures at their
         expiry; an elapsed cooldown moves OPEN to HALF_OPEN), let the caller act, save if
         anything changed, then tell the listeners, outside the lock."""
-        async with self._lock:
+        async with self._lock, self._store.locked(self.name):
             step = _Step(await self._store.load(self.name) or BreakerState(), self._clock())
             self._end_cooldown(step)
             for pid, expiry in sorted(step.state.trials.items(), key=lambda item: item[1]):

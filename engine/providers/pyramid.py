@@ -1,13 +1,15 @@
 """The fallback pyramid: tiers in order, retries within a tier, all inside the deadline.
 
-For each tier: skip it at once if its breaker is open; otherwise call it with the tier's
-timeout capped by what is left of the budget (minus a small reserve, so the static response
-is always reachable before the deadline). A retryable failure (timeout, connection, 429, 5xx,
-malformed) is retried on the same tier with exponential backoff and jitter — honouring a
-429's `Retry-After` when it fits the budget, abandoning the tier when it does not — while the
-retry budget allows; anything else moves to the next tier. Every attempt, skip and wait is
-an `Attempt` in the result, so the run trace says which tier answered and why the others did
-not. A stream that broke after its first token is never retried: it propagates.
+For each tier: wait for a slot and a token when the model has provider `limits` (across
+processes: see engine/resources/provider_limits.py), skip it at once if its breaker is open;
+otherwise call it with the tier's timeout capped by what is left of the budget (minus a small
+reserve, so the static response is always reachable before the deadline). A retryable failure
+(timeout, connection, 429, 5xx, malformed) is retried on the same tier with exponential
+backoff and jitter — honouring a 429's `Retry-After` when it fits the budget, abandoning the
+tier when it does not — while the retry budget allows; anything else moves to the next tier.
+Every attempt, skip and wait is an `Attempt` in the result, so the run trace says which tier
+answered and why the others did not. A stream that broke after its first token is never
+retried: it propagates.
 
 A caller that needs more than text (a label from a set, JSON that parses) passes `accept`: an
 answer it rejects is an `invalid` attempt and the next tier is asked, as for a failure; and
@@ -52,7 +54,8 @@ class Attempt:
     outcome: str
     """ok, a failure kind (timeout, rate_limit, server...), breaker_open, no_time,
     retry_budget, retry_after_too_long, not_configured (an empty api_key), invalid (the
-    caller's `accept` rejected the answer) or budget (a `degrade` budget skipped the tier)."""
+    caller's `accept` rejected the answer), budget (a `degrade` budget skipped the tier) or
+    throttled (the model's `limits` gave no slot or token within the wait)."""
     duration_ms: float = 0.0
     detail: str | None = None
     wait_ms: float | None = None
@@ -216,6 +219,26 @@ class Pyramid:
 
     async def _attempt(self, name: str, number: int, tier: ModelTier, request: _Request,
                        timeout: float) -> tuple[Completion | Failure | None, Attempt]:
+        """One call within the model's provider limits (when it has any): a completion, a
+        failure, or None (no slot or token in time, or no time left after the wait)."""
+        if tier.limits is None:
+            return await self._call(name, number, tier, request, timeout)
+        limits = self.resources.provider_limits()
+        started = time.perf_counter()
+        lease = await limits.enter(tier.model, tier.limits, wait=timeout - MIN_CALL,
+                                   hold=timeout)
+        if isinstance(lease, str):
+            return None, Attempt(name, number, "throttled", _ms(started), lease)
+        try:
+            left = timeout - (time.perf_counter() - started)
+            if left < MIN_CALL:
+                return None, Attempt(name, number, "no_time", _ms(started))
+            return await self._call(name, number, tier, request, left)
+        finally:
+            await lease.release()
+
+    async def _call(self, name: str, number: int, tier: ModelTier, request: _Request,
+                    timeout: float) -> tuple[Completion | Failure | None, Attempt]:
         """One call through the tier's breaker: a completion, a failure, or None (open)."""
         breaker = self.resources.breaker(tier.model, self.breaker_spec)
         before = breaker.state

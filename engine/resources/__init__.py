@@ -2,9 +2,13 @@
 
 Model clients, circuit breakers, retry budgets and the idempotency store are built once and
 handed to stages through `Setup.resources`, never kept in globals, so a test can give a
-pipeline a fake clock and sleep, and `engine serve` can share one set across pipelines. The
-rate limiter and the response cache can be shared by replicas through Redis already; the
-breaker and idempotency stores have the interface for it but only a memory store so far.
+pipeline a fake clock and sleep, and `engine serve` can share one set across pipelines.
+
+`redis_url` makes N processes (replicas of `engine serve`, Ray workers, several `engine run`)
+behave as one: circuit breakers, idempotency keys, the models' provider limits and the
+guard's rate limits are then shared through that Redis, and so are the caches and budgets the
+pipeline leaves on `memory` (one that names its own redis:// URL keeps it). Breakers then run
+on the wall clock, which every process shares.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from engine.index import DocumentIndex
     from engine.resources.budgets import BudgetStore, PipelineBudgets
     from engine.resources.embeddings import Embedder
+    from engine.resources.provider_limits import ProviderLimits
     from engine.spec.models import PipelineSpec
 
 __all__ = ["Resources"]
@@ -55,6 +60,7 @@ class Resources:
         rng: random.Random | None = None,
         breaker_store: BreakerStore | None = None,
         idempotency: IdempotencyStore | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.clock = clock
         self.wall = wall
@@ -62,8 +68,12 @@ class Resources:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.models = ModelClient()
-        self.idempotency = idempotency or MemoryIdempotency(IDEMPOTENCY_TTL, clock=clock)
-        self._breaker_store = breaker_store or MemoryBreakerStore()
+        self.redis_url = redis_url
+        """Where state shared by processes lives; None: each process keeps its own."""
+        self.idempotency = idempotency or _idempotency(redis_url, clock)
+        self._breaker_store = breaker_store or _breaker_store(redis_url)
+        self._breaker_clock = wall if redis_url else clock
+        self._provider_limits: ProviderLimits | None = None
         self._breakers: dict[tuple[str, Breaker], CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._limiters: dict[str | None, RateLimiter] = {}
@@ -82,7 +92,7 @@ class Resources:
         if key not in self._breakers:
             name = model if spec == Breaker() else f"{model}@{_digest(spec)}"
             self._breakers[key] = CircuitBreaker(name, spec, store=self._breaker_store,
-                                                 clock=self.clock)
+                                                 clock=self._breaker_clock)
         return self._breakers[key]
 
     async def settle(self) -> None:
@@ -100,6 +110,11 @@ class Resources:
             await cache.aclose()
         for store in self._budget_stores.values():
             await store.aclose()
+        for shared in (self._breaker_store, self.idempotency, self._provider_limits):
+            close = getattr(shared, "aclose", None)
+            if close is not None:
+                await close()
+        self._provider_limits = None
         self._limiters.clear()
         self._caches.clear()
         self._budget_stores.clear()
@@ -121,7 +136,7 @@ class Resources:
         if name not in self._caches:
             from engine.cache.store import open_store
 
-            backend = str(getattr(spec, "backend", "memory"))
+            backend = self._shared(str(getattr(spec, "backend", "memory")))
             max_entries = int(getattr(spec, "max_entries", 100_000))
             self._caches[name] = open_store(backend, max_entries=max_entries, clock=self.wall)
         return self._caches[name]
@@ -153,6 +168,7 @@ class Resources:
                                levels=self.budget_levels)
 
     def _budget_store(self, where: str) -> BudgetStore:
+        where = self._shared(where)
         if where not in self._budget_stores:
             from engine.resources.budgets import MemoryBudgetStore, RedisBudgetStore
 
@@ -169,6 +185,21 @@ class Resources:
                 self._limiters[redis_url] = RedisRateLimiter(redis_url)
         return self._limiters[redis_url]
 
+    def provider_limits(self) -> ProviderLimits:
+        """The models' concurrency and rate limits (`models.<tier>.limits`): this process's,
+        or every process's through `redis_url`."""
+        if self._provider_limits is None:
+            from engine.resources.provider_limits import MemorySlots, ProviderLimits, RedisSlots
+
+            slots = RedisSlots(self.redis_url) if self.redis_url else MemorySlots()
+            self._provider_limits = ProviderLimits(
+                slots, self.rate_limiter(self.redis_url), clock=self.clock, sleep=self.sleep)
+        return self._provider_limits
+
+    def _shared(self, where: str) -> str:
+        """A store the pipeline left on `memory` moves to `redis_url` when there is one."""
+        return self.redis_url if where == "memory" and self.redis_url else where
+
     def embedder(self) -> Embedder:
         """The local embedding model (all-MiniLM-L6-v2), loaded on first use, shared."""
         if self._embedder is None:
@@ -182,3 +213,19 @@ class Resources:
         if model not in self._budgets:
             self._budgets[model] = RetryBudget(clock=self.clock)
         return self._budgets[model]
+
+
+def _idempotency(redis_url: str | None, clock: Callable[[], float]) -> IdempotencyStore:
+    if redis_url is None:
+        return MemoryIdempotency(IDEMPOTENCY_TTL, clock=clock)
+    from engine.providers.idempotency_redis import RedisIdempotency
+
+    return RedisIdempotency(redis_url, IDEMPOTENCY_TTL)
+
+
+def _breaker_store(redis_url: str | None) -> BreakerStore:
+    if redis_url is None:
+        return MemoryBreakerStore()
+    from engine.providers.breaker_redis import RedisBreakerStore
+
+    return RedisBreakerStore(redis_url)

@@ -22,16 +22,14 @@ down, and per-process buckets still bound abuse (to the limit times the number o
 from __future__ import annotations
 
 import math
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
-
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import EngineError
+from engine.spec.types import Rate, RateStr, parse_rate
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -48,57 +46,7 @@ __all__ = [
     "parse_rate",
 ]
 
-_RATE = re.compile(
-    r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*"
-    r"(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hour|hours|d|day|days)\s*$",
-    re.IGNORECASE,
-)
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_NAMES = {1.0: "sec", 60.0: "min", 3600.0: "hour", 86400.0: "day"}
 _EPS = 1e-6  # seconds: float error in summed intervals must not cost a token
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`count` requests per `per_seconds`; also the bucket's capacity (the allowed burst)."""
-
-    count: int
-    per_seconds: float
-
-    @property
-    def interval(self) -> float:
-        """Seconds for one token to come back."""
-        return self.per_seconds / self.count
-
-    def __str__(self) -> str:
-        unit = _NAMES.get(self.per_seconds)
-        return f"{self.count}/{unit}" if unit else f"{self.count}/{self.per_seconds:g}s"
-
-
-def parse_rate(value: Any) -> Rate:
-    """`20/min`, `100/minute`, `5/sec`, `1000/hour`, `50/day`, or with a multiple: `5/2s`.
-
-    The message names no value (it may come from a `${VAR}`), like `parse_duration`'s."""
-    if isinstance(value, Rate):
-        return value
-    if isinstance(value, str):
-        match = _RATE.match(value)
-        if match:
-            count = int(match[1])
-            per = float(match[2] or 1) * _UNIT_SECONDS[match[3][0].lower()]
-            if count >= 1 and per > 0:
-                return Rate(count, per)
-    raise ValueError("expected a rate such as 20/min (N per sec, min, hour or day; N ≥ 1)")
-
-
-RateStr = Annotated[
-    Rate,
-    BeforeValidator(parse_rate),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema(
-        {"type": "string", "pattern": _RATE.pattern, "description": "a rate: 20/min, 5/sec"}
-    ),
-]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.compile import compile_file
+from engine.resources import Resources
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, run_batch
 
@@ -51,8 +52,9 @@ _RETRIES = 3
 class _Worker:
     """One Ray actor: compiles the pipeline once, then runs blocks on Ray's event loop."""
 
-    def __init__(self, file: Path, env: Mapping[str, str] | None) -> None:
-        self.pipeline = compile_file(file, env=env)
+    def __init__(self, file: Path, env: Mapping[str, str] | None,
+                 redis_url: str | None) -> None:
+        self.pipeline = compile_file(file, env=env, resources=Resources(redis_url=redis_url))
 
     async def run_block(self, block: list[InputRecord], concurrency: int) -> list[RunResult]:
         results: list[RunResult] = []
@@ -68,7 +70,8 @@ class _Worker:
 
 async def run_on_ray(file: Path, env: Mapping[str, str] | None, items: Iterable[InputRecord],
                      sink: Callable[[RunResult], None], *, address: str | None,
-                     workers: int = 2, concurrency: int = 16, block_size: int = 64) -> None:
+                     workers: int = 2, concurrency: int = 16, block_size: int = 64,
+                     redis_url: str | None = None) -> None:
     """Run `items` through the pipeline in `file` on Ray; `sink` gets one result per item.
 
     `address` None starts a local Ray with `workers` CPUs; otherwise it is passed to
@@ -79,7 +82,7 @@ async def run_on_ray(file: Path, env: Mapping[str, str] | None, items: Iterable[
     started = _init(ray, address, workers)
     actors: list[Any] = []
     try:
-        actors = _start_workers(ray, file, env, workers)
+        actors = _start_workers(ray, file, env, workers, redis_url)
         await _ready(actors, file)
         await _drive(actors, iter(items), sink, concurrency, max(1, block_size))
         await _gather(actor.close.remote() for actor in actors)
@@ -111,13 +114,14 @@ def _init(ray: Any, address: str | None, workers: int) -> bool:
 
 
 def _start_workers(ray: Any, file: Path, env: Mapping[str, str] | None,
-                   workers: int) -> list[Any]:
+                   workers: int, redis_url: str | None) -> list[Any]:
     """One actor per worker; `max_concurrency=1` keeps each to one block at a time, so a
     worker never has more than `concurrency` records in flight."""
     actor_class = ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES,
                              max_concurrency=1)(_Worker)
     run = uuid.uuid4().hex[:8]
-    return [actor_class.options(name=f"{WORKER_PREFIX}{run}-{n}").remote(Path(file), env)
+    return [actor_class.options(name=f"{WORKER_PREFIX}{run}-{n}").remote(Path(file), env,
+                                                                          redis_url)
             for n in range(max(1, workers))]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from engine.spec.types import Duration, StageName, StageNames
+from engine.spec.types import Duration, RateStr, StageName, StageNames
 from engine.template import ConditionStr, TemplateStr, TemplateValue
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Resource",
     "Retry",
     "StageSpec",
+    "TierLimits",
 ]
 
 
@@ -36,6 +37,17 @@ class Price(_Spec):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+
+
+class TierLimits(_Spec):
+    """The provider's quota for this model: across every process that shares state (`engine
+    run --redis`, `engine serve --redis`, Ray workers), not per process. A call waits for a
+    slot and a token at most `max_wait` (and never past its deadline), then the next tier is
+    asked."""
+
+    concurrency: int | None = Field(None, ge=1, description="calls in flight at once")
+    rate: RateStr | None = Field(None, description="calls started per period, e.g. 500/min")
+    max_wait: Duration = Field(10.0, description="the longest wait for a slot or a token")
 
 
 class ModelTier(_Spec):
@@ -56,6 +68,7 @@ class ModelTier(_Spec):
         description="litellm (any provider), or direct: the openai SDK against an "
         "OpenAI-compatible endpoint, ~2.5 ms less CPU per call",
     )
+    limits: TierLimits | None = None
 
 
 class Retry(_Spec):

@@ -157,3 +157,33 @@ def test_ctrl_c_flushes_finished_records_and_exits_130(tmp_path: Path) -> None:
     assert all(row["status"] == "ok" for row in rows)
     assert "interrupted" in err
     assert "Traceback" not in err
+
+
+CACHED = """\
+version: 1
+name: shared-cache
+resources:
+  responses: {type: cache, backend: memory}
+stages:
+  lookup:
+    type: cache
+    with: {resource: responses, key: "{{ input.q }}", mode: exact}
+  answer:
+    type: template
+    needs: [lookup]
+    with: {output: "answered {{ input.q }}"}
+output: "{{ stages.answer.output }}"
+"""
+
+
+def test_with_redis_two_runs_share_a_memory_cache(tmp_path: Path, redis_url: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(CACHED)
+    finished_by = []
+    for _ in range(2):  # two runs, each with its own resources: as two processes would be
+        assert main(["run", str(pipeline), "--set", "q=hi", "--redis", redis_url]) == 0
+        finished_by.append(json.loads(capsys.readouterr().out).get("finished_by"))
+    assert finished_by == [None, "lookup"]
+    assert main(["run", str(pipeline), "--set", "q=hi"]) == 0  # without: its own cache
+    assert json.loads(capsys.readouterr().out).get("finished_by") is None

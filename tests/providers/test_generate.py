@@ -18,7 +18,7 @@ from resources_pool import opened
 from engine.compile import CompiledPipeline, compile_pipeline
 from engine.errors import SpecError
 from engine.providers.stub import StubProvider
-from engine.providers.stub_config import Rule, StubConfig
+from engine.providers.stub_config import FaultProfile, Rule, StubConfig
 from engine.registry import Registry
 from engine.runtime.context import RunHooks
 from engine.spec import parse_spec
@@ -309,6 +309,19 @@ async def test_a_streaming_stage_hands_its_text_to_the_caller_as_it_arrives(
         on_token=pieces.append))
     assert len(pieces) > 1 and "".join(pieces) == result.output["text"] == (
         "echo: stream me please")
+
+
+async def test_a_model_at_its_concurrency_limit_hands_the_call_to_the_next_tier() -> None:
+    config = StubConfig(seed=1, models={"smart": FaultProfile(latency=0.3)})
+    async with StubProvider(config) as stub:
+        limited = tier(stub, "smart", limits="{concurrency: 1, max_wait: 50ms}")
+        pipeline = build(stub, None, PYRAMID, tiers=[
+            limited, tier(stub, "cheap"), tier(stub, "fast")])
+        first, second = await asyncio.gather(pipeline.run({"q": "a"}), pipeline.run({"q": "b"}))
+    assert first.output["tier"] == "smart"
+    assert outcomes(second.output)[:2] == [("smart", "throttled"), ("cheap", "ok")]
+    assert second.output["attempts"][0]["detail"] == "1 calls already in flight"
+    assert len(stub.requests_for("smart")) == 1
 
 
 async def test_a_stream_cut_before_the_first_token_falls_back(stub: StubProvider,
