@@ -271,3 +271,83 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()  # type: ignore[attr-defined]
         return 2
     return result if isinstance(result, int) else 0
+
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Operate an audit directory written by `engine serve`: verify its hash chains, purge "
+    "expired records, erase one user, manage the opt-out list. The key is read from "
+    "ENGINE_AUDIT_KEY.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(audit_app)
+
+AuditDir = Annotated[Path, typer.Argument(help="The audit directory.", show_default=False)]
+RetentionDays = Annotated[float, typer.Option(
+    "--retention-days", help="Records older than this many days are expired "
+    "(match the writers' setting).")]
+
+
+class OptOutAction(StrEnum):
+    add = "add"
+    remove = "remove"
+    list = "list"
+
+
+@audit_app.command("verify")
+def audit_verify(directory: AuditDir, retention_days: RetentionDays = 30.0) -> int:
+    """Check every writer's chain; name the first edited, deleted or reordered line.
+
+    Prints each writer's last record (seq, hash): keep a copy elsewhere to detect records cut
+    off the end. Exit code 0 when all verify, 1 when one is broken, 2 for a usage error (no
+    such directory, missing or wrong ENGINE_AUDIT_KEY).
+    """
+    from engine.commands.audit import verify as command
+
+    return command(directory, retention_days)
+
+
+@audit_app.command("purge")
+def audit_purge(directory: AuditDir, retention_days: RetentionDays = 30.0) -> int:
+    """Drop the records older than the retention now (writers also do it every hour)."""
+    from engine.commands.audit import purge as command
+
+    return command(directory, retention_days)
+
+
+@audit_app.command("forget")
+def audit_forget(
+    directory: AuditDir,
+    user: Annotated[str, typer.Option("--user", "-u", help="The user id, as the gateway "
+                                      "received it.", show_default=False)],
+) -> int:
+    """Erase one user's pseudonym and stored content from every record; chains still verify."""
+    from engine.commands.audit import forget as command
+
+    return command(directory, user)
+
+
+@audit_app.command("optout")
+def audit_optout(
+    action: Annotated[OptOutAction, typer.Argument(help="add, remove, or list.")],
+    file: Annotated[Path, typer.Argument(help="The opt-out list (one user id per line).",
+                                         show_default=False)],
+    user: Annotated[str | None, typer.Argument(help="The user id (add, remove).",
+                                               show_default=False)] = None,
+) -> int:
+    """Manage the users who opted out of AI processing (they take the guard's no-consent path).
+    """
+    from engine.commands.audit import optout as command
+
+    return command(action.value, file, user)
+
+
+@audit_app.command("keygen")
+def audit_keygen() -> int:
+    """Print a new random key for ENGINE_AUDIT_KEY (keep it in your secret store)."""
+    from engine.commands.audit import keygen as command
+
+    return command()
