@@ -5,11 +5,20 @@ interleaved rounds (medians of per-round means, as overhead.py does), in these v
 
 - off:        `await pipeline.run(record)` and nothing else;
 - metrics:    the same, then `Metrics.observe(...)` on the result (engine/observe/metrics.py);
-- +tracing:   metrics and `Tracing.observe(...)`, spans exported through a
-              `SimpleSpanProcessor` to an in-memory exporter (emptied after each round);
+- +tracing:   metrics and `Tracing.observe(...)` of every run, spans exported to an
+              in-memory exporter (8 spans a record: the run and its 7 stages);
+- +tracing@N: the same with N of the runs traced (`--trace-sample`);
+- +otlp:      +tracing, the exporter also encoding each batch as OTLP protobuf (the CPU the
+              OTLP/HTTP exporter spends before it posts; informational);
 - +logs:      metrics, tracing and `JsonLogs.observe(...)` writing to os.devnull;
 - baseline:   the hand-written coroutine of overhead.py (the same 7 awaits), for the engine's
               own overhead.
+
+Tracing builds and exports spans on a worker thread: each round ends with `Tracing.flush()`
+*inside* the timed span, so the round pays for all the work its records caused, wherever it
+ran (the thread shares the GIL; on this machine it cannot run beside the loop for free); and a
+round with every run traced must export exactly 8 spans a record, or the bench stops, so
+dropped spans cannot flatter the figure. Tracing's own threads are idle between rounds.
 
 Headline (the issue's target): engine time per record with metrics + tracing on / off,
 ≤ 1.15. Also printed: each variant's ratio, its cost in µs per record, and the stricter ratio
@@ -27,10 +36,11 @@ import gc
 import os
 import statistics
 import sys
-from collections.abc import Callable
-from typing import IO, Any, Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, TextIO
 
-from overhead import CHAIN, Runner, baseline, chain_yaml, compile_text, per_record
+from overhead import CHAIN, Runner, baseline, chain_yaml, compile_text
 from report import Row, print_table
 
 from engine.compile import CompiledPipeline
@@ -40,12 +50,42 @@ from engine.results import RunResult
 TARGET = 1.15
 SAMPLED = (0.1, 0.01)
 """The shares of runs traced in the sampled variants."""
+SPANS = CHAIN + 1
+"""Spans a traced record makes: its run and each stage."""
 
 
 class Consumer(Protocol):
     def observe(self, pipeline: str, record: Any, result: RunResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Deferred(Consumer, Protocol):
+    def flush(self) -> None: ...
+
+
+class Traced(NamedTuple):
+    """A `Tracing` consumer, and a function that empties its exporter (returns how many
+    spans it held)."""
+
+    tracing: Deferred
+    drain: Callable[[], int]
+
+
+class Variant(NamedTuple):
+    run: Runner
+    consumers: list[Consumer]
+    traced: Traced | None = None
+    """The variant's tracing, flushed inside each timed round; None: nothing deferred."""
+    full: bool = False
+    """Every run traced: a round must export exactly `SPANS` spans a record."""
+
+    def settle(self) -> None:
+        if self.traced is not None:
+            self.traced.tracing.flush()
+
+    def drain(self) -> int:
+        return 0 if self.traced is None else self.traced.drain()
 
 
 def observed_runner(pipeline: CompiledPipeline, consumers: list[Consumer]) -> Runner:
@@ -61,38 +101,38 @@ def observed_runner(pipeline: CompiledPipeline, consumers: list[Consumer]) -> Ru
     return run
 
 
-def tracing_consumer(ratio: float = 1.0) -> tuple[Consumer, Callable[[], int]] | None:
-    """`Tracing` over an SDK provider exporting each span to memory as it ends, and a function
-    that empties the exporter (returns how many spans it held); None without tracing.py.
-
-    Synchronous export on purpose: a `BatchSpanProcessor`'s thread would export during the
-    other variants' rounds and bill them for tracing's work. `ratio` < 1 samples that share
-    of runs (a head sampler on the run's random trace id; stages follow their run)."""
+def tracing_consumer(ratio: float = 1.0, *, encode: bool = False) -> Traced | None:
+    """`Tracing` of `ratio` of the runs into an in-memory exporter; None without tracing.py.
+    `encode`: the exporter first encodes each batch as OTLP protobuf, as the OTLP exporter
+    does before it posts, so the figure includes the encoder's CPU."""
     try:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.trace.export import SpanExportResult
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
             InMemorySpanExporter,
         )
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         from engine.observe.tracing import Tracing
     except ImportError:
         return None
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = Tracing(provider)
+
+    class Encoding(InMemorySpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            encode_spans(spans).SerializeToString()
+            return super().export(spans)
+
+    exporter = Encoding() if encode else InMemorySpanExporter()
 
     def drain() -> int:
         count = len(exporter.get_finished_spans())
         exporter.clear()
         return count
 
-    return tracing, drain
+    return Traced(Tracing(exporter, sample=ratio), drain)
 
 
-def logs_consumer(sink: IO[str]) -> Consumer | None:
+def logs_consumer(sink: TextIO) -> Consumer | None:
     try:
         from engine.observe.logs import JsonLogs
     except ImportError:
@@ -100,23 +140,33 @@ def logs_consumer(sink: IO[str]) -> Consumer | None:
     return JsonLogs(sink, run_id="bench")
 
 
-async def medians(runners: dict[str, Runner], rounds: int, size: int,
-                  between: Callable[[], object]) -> dict[str, float]:
-    """Median seconds per record for each runner, rounds interleaved; `between` runs after
-    each round, untimed (draining the span exporter), then a full collection, so that one
+async def timed(variant: Variant, records: list[dict[str, int]]) -> float:
+    """Seconds per record, the deferred work it caused included."""
+    start = time.perf_counter()
+    for record in records:
+        await variant.run(record)
+    variant.settle()
+    return (time.perf_counter() - start) / len(records)
+
+
+async def medians(variants: dict[str, Variant], rounds: int, size: int) -> dict[str, float]:
+    """Median seconds per record for each variant, rounds interleaved; after each round,
+    untimed, its exporter is emptied and checked, then a full collection, so that one
     variant's garbage is not collected in another's round."""
     records = [{"n": i} for i in range(size)]
-    for name, run in runners.items():
-        got = await run({"n": 1})
+    for name, variant in variants.items():
+        got = await variant.run({"n": 1})
         if got != 1 + CHAIN:  # a sanity check of the setup, not a timed assertion
             raise SystemExit(f"{name} computed {got!r}, expected {1 + CHAIN}")
-        await per_record(run, records[:100])  # warm up
-    between()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
+        await timed(variant, records[:100])  # warm up
+        variant.drain()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, run in runners.items():
-            samples[name].append(await per_record(run, records))
-            between()
+        for name, variant in variants.items():
+            samples[name].append(await timed(variant, records))
+            spans = variant.drain()
+            if variant.full and spans != SPANS * size:
+                raise SystemExit(f"{name} exported {spans} spans, expected {SPANS * size}")
             gc.collect()
     return {name: statistics.median(s) for name, s in samples.items()}
 
@@ -125,35 +175,35 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
-def build_runners(chain: CompiledPipeline, sink: IO[str]
-                  ) -> tuple[dict[str, Runner], list[Consumer], Callable[[], int], list[str]]:
-    """The variants that can run here, the consumers to close, the span drain, and what
-    was left out. JSON logs go to `sink`."""
+def build_variants(chain: CompiledPipeline, sink: TextIO
+                   ) -> tuple[dict[str, Variant], list[str]]:
+    """The variants that can run here, and what was left out. JSON logs go to `sink`."""
     metrics = Metrics()
-    variants: dict[str, list[Consumer]] = {"off": [], "metrics": [metrics]}
-    full: list[Consumer] = [metrics]
-    drains: list[Callable[[], int]] = []
+    variants: dict[str, Variant] = {"baseline": Variant(baseline, []),
+                                    "off": Variant(observed_runner(chain, []), []),
+                                    "metrics": Variant(observed_runner(chain, [metrics]),
+                                                       [metrics])}
     missing: list[str] = []
+
+    def add(name: str, traced: Traced | None, *more: Consumer, full: bool = False) -> None:
+        used: list[Consumer] = [metrics, *([traced.tracing] if traced else []), *more]
+        variants[name] = Variant(observed_runner(chain, used), used, traced, full)
+
     traced = tracing_consumer()
-    sampled = [(ratio, tracing_consumer(ratio)) for ratio in SAMPLED]
     if traced is None:
         missing.append("tracing (engine/observe/tracing.py)")
     else:
-        for ratio, consumer in sampled:
-            if consumer is not None:
-                variants[f"+tracing@{ratio:.0%}"] = [metrics, consumer[0]]
-                drains.append(consumer[1])
-        variants["+tracing"] = full = [metrics, traced[0]]
-        drains.append(traced[1])
+        for ratio in SAMPLED:
+            add(f"+tracing@{ratio:.0%}", tracing_consumer(ratio))
+        add("+tracing", traced, full=True)
+        add("+otlp", tracing_consumer(encode=True), full=True)
     logs = logs_consumer(sink)
     if logs is None:
         missing.append("JSON logs (engine/observe/logs.py)")
     else:
-        variants["+logs"] = [*full, logs]
-    runners: dict[str, Runner] = {"baseline": baseline}
-    runners |= {name: observed_runner(chain, used) for name, used in variants.items()}
-    consumers = list({id(c): c for used in variants.values() for c in used}.values())
-    return runners, consumers, lambda: sum(drain() for drain in drains), missing
+        traced = tracing_consumer()
+        add("+logs", traced, logs, full=traced is not None)
+    return variants, missing
 
 
 async def measure(quick: bool) -> list[Row]:
@@ -162,37 +212,32 @@ async def measure(quick: bool) -> list[Row]:
         return await _measure(chain, sink, quick)
 
 
-async def _measure(chain: CompiledPipeline, sink: IO[str], quick: bool) -> list[Row]:
-    runners, consumers, drain, missing = build_runners(chain, sink)
+async def _measure(chain: CompiledPipeline, sink: TextIO, quick: bool) -> list[Row]:
+    variants, missing = build_variants(chain, sink)
     rounds, size = (8, 300) if quick else (20, 500)
     print(f"{CHAIN}-stage linear chain, {rounds} rounds x {size} records, sequential; "
-          f"variants: {', '.join(runners)}")
+          f"variants: {', '.join(variants)}")
     for left_out in missing:
         print(f"    skipped: {left_out} is not there")
-    spans = 0
-
-    def between() -> None:
-        nonlocal spans
-        spans += drain()
-
-    med = await medians(runners, rounds, size, between)
-    for consumer in consumers:
+    med = await medians(variants, rounds, size)
+    for consumer in {id(c): c for v in variants.values() for c in v.consumers}.values():
         consumer.close()
     base, off = med["baseline"], med["off"]
     print(f"    hand-written {us(base)}/record   engine, observers off {us(off)}/record   "
           f"(engine overhead {us(off - base)})")
     rows: list[Row] = []
-    for name in (n for n in runners if n not in ("baseline", "off")):
+    for name in (n for n in variants if n not in ("baseline", "off")):
         on = med[name]
         ratio, over = on / off, (on - base) / (off - base)
         print(f"    {name:<12} {us(on)}/record   +{us(on - off)}   on/off {ratio:.3f}   "
               f"overhead on/off {over:.2f}")
-        headline = name == "+tracing" or (name == "metrics" and "+tracing" not in runners)
+        headline = name == "+tracing" or (name == "metrics" and "+tracing" not in variants)
         rows.append((f"{name}: engine time on / off", f"{ratio:.3f}x", f"<= {TARGET}x",
                      ratio <= TARGET if headline else None))
         rows.append((f"{name}: cost per record", us(on - off), "-", None))
-    if spans:
-        print(f"    ({spans} spans exported to memory)")
+    if "+tracing" in med:
+        print(f"    tracing every run: {us((med['+tracing'] - med['metrics']) / SPANS)} a span "
+              f"({SPANS} a record), built, exported and flushed")
     return rows
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
+from engine.observe import tracing as tracing_module
 from engine.observe.traceparent import parse_traceparent, root_span_id
 from engine.observe.tracing import Tracing, traceparent_for
 from engine.providers.stub import StubProvider
@@ -34,10 +37,10 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def tracing(exporter: InMemorySpanExporter) -> Tracing:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider)
+def tracing(exporter: InMemorySpanExporter) -> Iterator[Tracing]:
+    tracing = Tracing(exporter)
+    yield tracing
+    tracing.close()
 
 
 def build(stub: StubProvider) -> CompiledPipeline:
@@ -72,6 +75,7 @@ async def run(pipeline: CompiledPipeline, tracing: Tracing, record: dict[str, st
     result = await pipeline.run(record)
     await pipeline.resources.settle()  # the cache stores in the background
     tracing.observe(pipeline.name, record, result)
+    tracing.flush()
     return result
 
 
@@ -166,6 +170,7 @@ def test_an_unsampled_traceparent_records_nothing(tracing: Tracing,
     result = RunResult(0, None, "ok", trace_id="ab" * 16)
     record = {"traceparent": PARENT[:-2] + "00"}
     tracing.observe("p", record, result)
+    tracing.flush()
     assert exporter.get_finished_spans() == ()
     assert traceparent_for(result, record).endswith("-00")  # the decision travels on
 
@@ -207,6 +212,7 @@ def test_an_errored_run_marks_its_spans(tracing: Tracing,
         events=[StageEvent("greet", 0.001, 0.002, "error", "UndefinedError: jane@..."),
                 StageEvent("after", 0.0, 0.0, "skipped")])
     tracing.observe("p", {"user_id": "u1"}, result)
+    tracing.flush()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert set(spans) == {"run p", "stage greet"}
     root, stage = spans["run p"], spans["stage greet"]
@@ -223,10 +229,11 @@ def test_observe_never_raises(tracing: Tracing, exporter: InMemorySpanExporter) 
                        events=[StageEvent("x", 0.0, 0.1, "ok", notes={"llm": [{"attempts": 5}]})])
     tracing.observe("p", None, broken)  # a malformed note: logged, not raised
     tracing.observe("p", None, RunResult(1, None, "ok", trace_id="ef" * 16))
+    tracing.flush()
     assert [span.name for span in exporter.get_finished_spans()] == ["run p"]
 
 
-def test_no_endpoint_no_provider_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_endpoint_no_exporter_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     tracing = Tracing()
@@ -252,18 +259,55 @@ def test_an_endpoint_turns_on_otlp_export(monkeypatch: pytest.MonkeyPatch, given
     tracing.close()  # nothing was recorded: nothing is sent
 
 
-def test_the_env_endpoint_does_not_touch_a_given_provider(
+def test_a_given_exporter_wins_over_the_env_and_stays_open(
         monkeypatch: pytest.MonkeyPatch, exporter: InMemorySpanExporter) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = Tracing(provider)
+    tracing = Tracing(exporter)
+    assert tracing.endpoint is None
     tracing.observe("p", None, RunResult(0, None, "ok", trace_id="ab" * 16))
+    tracing.close()  # flushes what was waiting
+    assert [span.name for span in exporter.get_finished_spans()] == ["run p"]
+    tracing.observe("p", None, RunResult(1, None, "ok", trace_id="cd" * 16))  # closed: ignored
+    # the exporter is the caller's: not shut down
+    assert exporter.export([exporter.get_finished_spans()[0]]).name == "SUCCESS"
+    with pytest.raises(ValueError, match="not both"):
+        Tracing(exporter, otlp_endpoint="http://collector:4318")
+
+
+def test_sdk_disabled_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert not Tracing().enabled
+
+
+def test_the_worker_exports_without_a_flush(exporter: InMemorySpanExporter) -> None:
+    tracing = Tracing(exporter)
+    for index in range(tracing_module.BATCH):  # a full batch wakes the worker
+        tracing.observe("p", None, RunResult(index, None, "ok", trace_id=f"{index + 1:032x}"))
+    deadline = time.monotonic() + 10
+    while len(exporter.get_finished_spans()) < tracing_module.BATCH:
+        assert time.monotonic() < deadline, "the worker exported nothing"
+        time.sleep(0.01)
     tracing.close()
-    assert len(exporter.get_finished_spans()) == 1
-    # the provider is the caller's: still usable after close
-    provider.get_tracer("other").start_span("x").end()
-    assert len(exporter.get_finished_spans()) == 2
+    indexes = [span.attributes["engine.record_index"] for span in exporter.get_finished_spans()
+               if span.attributes is not None]
+    assert indexes == list(range(tracing_module.BATCH))
+
+
+def test_a_stalled_exporter_drops_the_oldest_runs(monkeypatch: pytest.MonkeyPatch,
+                                                  exporter: InMemorySpanExporter,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(tracing_module, "MAX_WAITING", 2)
+    monkeypatch.setattr(tracing_module, "DELAY_S", 60.0)  # the worker stays asleep
+    tracing = Tracing(exporter)
+    for index in range(5):
+        tracing.observe("p", None, RunResult(index, None, "ok", trace_id=f"{index + 1:032x}"))
+    with caplog.at_level(logging.WARNING, "engine.observe"):
+        tracing.close()
+    kept = [span.attributes and span.attributes["engine.record_index"]
+            for span in exporter.get_finished_spans()]
+    assert kept == [3, 4]
+    assert "3 runs' spans dropped" in caplog.text
 
 
 async def test_model_calls_carry_the_runs_traceparent(stub: StubProvider,
@@ -279,6 +323,7 @@ async def test_model_calls_carry_the_runs_traceparent(stub: StubProvider,
     assert sent[-1] == traceparent_for(joined, joined_record)
     assert sent[-1].split("-")[1] == PARENT.split("-")[1]  # the caller's trace
     tracing.observe("traced", None, own)
+    tracing.flush()
     [root] = [span for span in exporter.get_finished_spans() if span.parent is None]
     assert root.context is not None
     assert sent[0] == f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
@@ -286,15 +331,57 @@ async def test_model_calls_carry_the_runs_traceparent(stub: StubProvider,
 
 async def test_a_sampled_out_run_leaves_no_span_at_all(stub: StubProvider,
                                                        exporter: InMemorySpanExporter) -> None:
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-    provider = TracerProvider(shutdown_on_exit=False,
-                              sampler=ParentBased(TraceIdRatioBased(0.0)))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = Tracing(provider)
+    tracing = Tracing(exporter, sample=0.0)
     tracing.observe("traced", None, await build(stub).run({"q": "one"}))
     sampled_in = {"q": "two", "traceparent": PARENT}  # the caller sampled it: it is traced
     tracing.observe("traced", sampled_in, await build(stub).run(sampled_in))
+    tracing.close()
     roots = [span for span in exporter.get_finished_spans() if span.name == "run traced"]
     assert len(roots) == 1 and roots[0].context is not None
     assert f"{roots[0].context.trace_id:032x}" == PARENT.split("-")[1]
+
+
+def test_sample_keeps_the_runs_whose_trace_id_is_below_its_share(
+        exporter: InMemorySpanExporter) -> None:
+    tracing = Tracing(exporter, sample=0.5)
+    low, high = "f" * 16 + "7" + "f" * 15, "0" * 16 + "8" + "0" * 15  # low 64 bits decide
+    tracing.observe("p", None, RunResult(0, None, "ok", trace_id=low))
+    tracing.observe("p", None, RunResult(1, None, "ok", trace_id=high))
+    tracing.close()
+    assert [span.attributes and span.attributes["engine.record_index"]
+            for span in exporter.get_finished_spans()] == [0]
+
+
+def test_a_failing_exporter_is_logged_and_survived(exporter: InMemorySpanExporter,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(InMemorySpanExporter):
+        fail = True
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self.fail:
+                raise ConnectionError("collector down")
+            return super().export(spans)
+
+    flaky = Flaky()
+    tracing = Tracing(flaky)
+    with caplog.at_level(logging.WARNING, "engine.observe"):
+        tracing.observe("p", None, RunResult(0, None, "ok", trace_id="ab" * 16))
+        tracing.flush()
+    assert "export failed" in caplog.text
+    flaky.fail = False
+    tracing.observe("p", None, RunResult(1, None, "ok", trace_id="cd" * 16))
+    tracing.close()
+    assert [span.name for span in flaky.get_finished_spans()] == ["run p"]
+    with pytest.raises(ValueError, match="share of runs"):
+        Tracing(exporter, sample=1.5)
+
+
+def test_the_resource_is_hashed_once_and_equal_to_the_sdks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "triage")
+    resource = tracing_module._resource()
+    plain = Resource.create()
+    assert resource.attributes["service.name"] == "triage"
+    assert resource == plain and hash(resource) == hash(plain)  # the encoder groups by it
