@@ -50,15 +50,20 @@ def _serve_stub(config_json: str, conn: Connection) -> None:
 
 
 async def _stub_main(config: StubConfig, conn: Connection) -> None:
-    """Serve until told "stop"; answer "counts" with a Counter of (model, outcome)."""
+    """Serve until told "stop"; answer "counts" with a Counter of (model, outcome), "peak"
+    with the most requests it answered at once."""
     async with StubProvider(config) as stub:
         profiles = {name: config.profile_for(name).describe() for name in config.models}
         conn.send((stub.base_url, profiles))  # the profiles as the child sees them
         loop = asyncio.get_running_loop()
         while (command := await loop.run_in_executor(None, conn.recv)) != "stop":
+            if command == "peak":
+                conn.send(stub.peak_in_flight)
+                continue
             conn.send(Counter((r.model, r.outcome) for r in stub.requests))
             if command == "reset":
                 stub.requests.clear()
+                stub.peak_in_flight = 0
 
 
 class StubProcess:
@@ -77,6 +82,12 @@ class StubProcess:
         self.conn.send("reset" if reset else "counts")
         counts: Counter[tuple[str, str]] = self.conn.recv()
         return counts
+
+    def peak(self) -> int:
+        """The most requests the stub was answering at once, so far."""
+        self.conn.send("peak")
+        peak: int = self.conn.recv()
+        return peak
 
     def cpu(self) -> float:
         """CPU seconds the stub process has used (Linux /proc; 0 elsewhere)."""

@@ -62,6 +62,10 @@ class StubProvider:
         self.port = port
         self.on_request = on_request
         self.requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        """The most chat requests it was answering at once: what a client's concurrency limit
+        let through, seen from the provider's side."""
         self._plans: dict[str, deque[str]] = {}
         self._rngs: dict[str, random.Random] = {}
         self._runner: web.AppRunner | None = None
@@ -83,7 +87,7 @@ class StubProvider:
             return
         self._closing = asyncio.Event()
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._counted)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/healthz", self._health)
         runner = web.AppRunner(
@@ -249,6 +253,14 @@ class StubProvider:
         names = sorted({*self.config.models, *(r.model for r in self.requests if r.model)})
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "stub"} for n in names]
         return web.json_response({"object": "list", "data": data})
+
+    async def _counted(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._chat(request)
+        finally:
+            self.in_flight -= 1
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         headers = {key.lower(): value for key, value in request.headers.items()}

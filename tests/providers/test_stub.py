@@ -105,6 +105,16 @@ async def test_litellm_scripted_reply_echo_and_usage(litellm: Any, stub: StubPro
     assert echoed.usage.prompt_tokens == 3 and echoed.usage.completion_tokens == 4
 
 
+async def test_it_counts_the_most_requests_answered_at_once(stub: StubProvider,
+                                                          client: openai.AsyncOpenAI) -> None:
+    stub.config = stub.config.model_copy(update={"latency": 0.1})
+    ask = [{"role": "user", "content": "hi"}]
+    await asyncio.gather(*(client.chat.completions.create(model="m", messages=ask)
+                           for _ in range(3)))
+    await client.chat.completions.create(model="m", messages=ask)
+    assert (stub.peak_in_flight, stub.in_flight) == (3, 0)
+
+
 async def test_rules_on_any_message_and_per_model(client: openai.AsyncOpenAI) -> None:
     system = [{"role": "system", "content": "SYSTEM-SECRET"}, *HI]
     reply = await client.chat.completions.create(model="a", messages=system)
