@@ -165,3 +165,36 @@ def test_a_block_is_delivered_once_per_index() -> None:
     asyncio.run(deliver())
     assert [(r.index, r.status) for r in delivered] == [(0, "ok"), (2, "ok"), (1, "error")]
     assert delivered[0] is first
+
+
+LIMITED = """
+version: 1
+name: ray-limited
+models:
+  stub: {{model: openai/stub, api_base: "{base}", api_key: stub, timeout: 10s,
+         limits: {{concurrency: 3, max_wait: 20s}}}}
+stages:
+  answer:
+    type: generate
+    with: {{models: [stub], messages: [{{role: user, content: "ticket {{{{ input.n }}}}"}}]}}
+output: "{{{{ stages.answer.output.text }}}}"
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_model_s_concurrency_limit_holds_across_workers_through_redis(
+        tmp_path: Path, redis_url: str, shared: bool) -> None:
+    from engine.providers.stub import StubProvider
+    from engine.providers.stub_config import StubConfig
+
+    with StubProvider(StubConfig(seed=1, latency=0.1)) as stub:
+        path = tmp_path / "limited.yaml"
+        path.write_text(LIMITED.format(base=stub.base_url))
+        items = (InputRecord(n, {"n": n}, n) for n in range(36))
+        results = _on_ray(path, items, workers=2, concurrency=8, block_size=6,
+                          redis_url=redis_url if shared else None)
+    assert all(result.ok for result in _by_index(results, 36).values())
+    if shared:
+        assert stub.peak_in_flight == 3  # one limit for both workers
+    else:
+        assert stub.peak_in_flight > 3  # each worker kept its own 3 in flight
