@@ -351,3 +351,85 @@ def audit_keygen() -> int:
     from engine.commands.audit import keygen as command
 
     return command()
+
+
+@app.command()
+def serve(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Pipeline files, or folders of *.yaml files.", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Worker processes; each compiles the pipelines once.")] = 1,
+    redis: Annotated[str | None, typer.Option(
+        "--redis", help="redis://host:6379/0: rate limits, caches, breakers, budgets and "
+        "idempotency keys shared by every replica.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A YAML file mapping chat onto each pipeline's input and output.")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="API keys file (SHA-256 digests) [default: $ENGINE_API_KEYS].",
+        show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Serve without API keys on a non-loopback address.")] = False,
+    rate_per_key: Annotated[str | None, typer.Option(
+        "--rate-per-key", help="Requests per API key, e.g. 600/min ('none': no limit).")
+    ] = "600/min",
+    rate_per_ip: Annotated[str | None, typer.Option(
+        "--rate-per-ip", help="Requests per client address ('none': no limit).")] = "1200/min",
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy", help="A proxy address or network whose X-Forwarded-For is "
+        "believed (repeat for several).")] = None,
+    max_body: Annotated[int, typer.Option(
+        "--max-body", min=1, help="Largest request body, in bytes (413 above).")] = 1_000_000,
+    max_inflight: Annotated[int, typer.Option(
+        "--max-inflight", min=1, help="Pipeline requests run at once per worker; more get "
+        "503 with Retry-After.")] = 256,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", min=0.1, help="Seconds for the whole body to arrive (408).")] = 30.0,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", min=0.1, help="Seconds for the request headers to arrive.")] = 10.0,
+    keep_alive: Annotated[int, typer.Option(
+        "--keep-alive", min=1, help="Seconds an idle connection is kept open.")] = 5,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM).")
+                        ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).")
+                       ] = None,
+    store: Annotated[Path | None, typer.Option(
+        "--store", help="The run store for `engine report`, feedback included [default: "
+        "$ENGINE_RUNS_DIR or runs/].", show_default=False)] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not store runs.")] = False,
+    audit_dir: Annotated[Path | None, typer.Option(
+        "--audit-dir", help="Write the audit log (one record per request) here.")] = None,
+    audit_content: Annotated[bool, typer.Option(
+        "--audit-content", help="Also store inputs and answers, encrypted (ENGINE_AUDIT_KEY)."
+    )] = False,
+    opt_out: Annotated[Path | None, typer.Option(
+        "--opt-out", help="Users listed in this file get 403, no AI processing.")] = None,
+) -> int:
+    """Serve pipelines over HTTP as OpenAI-compatible models: `model` is the pipeline's name.
+
+    Routes: /v1/chat/completions (stream too), /v1/pipelines/{name}/runs, /v1/pipelines,
+    /v1/models, /v1/feedback, /metrics, /healthz, /readyz. Exit code 2 for a bad pipeline
+    or option (nothing is served), 0 after Ctrl-C.
+    """
+    from engine.commands.serve import expand
+    from engine.commands.serve import serve as command
+    from engine.observe.observers import default_store
+    from engine.serve.config import ConfigError, ServeConfig, load_mappings
+
+    try:
+        settings = ServeConfig(
+            files=expand(paths), host=host, port=port, workers=workers, redis=redis,
+            keys=keys, no_auth=no_auth, trusted_proxies=tuple(trusted_proxy or ()),
+            rate_per_key=None if rate_per_key == "none" else rate_per_key,
+            rate_per_ip=None if rate_per_ip == "none" else rate_per_ip,
+            max_body=max_body, max_inflight=max_inflight, body_timeout=body_timeout,
+            header_timeout=header_timeout, keep_alive=keep_alive, tls_cert=tls_cert,
+            tls_key=tls_key, mappings=load_mappings(config) if config else {},
+            store=None if no_store else store or default_store(), audit_dir=audit_dir,
+            audit_content=audit_content, opt_out=opt_out)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return command(settings)

@@ -1,0 +1,96 @@
+"""The audit trail of served requests: one `engine.audit` record per request that named a
+pipeline — answered, refused (401, 403, 429...) or failed — and the opt-out list.
+
+Input and answer reach the log (hashed always, stored encrypted with `--audit-content`)
+with personal data redacted by the guard's PII patterns first, as the audit log requires:
+the run result does not carry the guard's pseudonymized text, and the final answer has its
+pseudonyms restored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.audit import AuditEntry, AuditLog, OptOuts
+from engine.results import RunResult
+
+if TYPE_CHECKING:
+    from engine.guard.pii import PiiScanner
+
+__all__ = ["Auditor", "Request", "writer_name"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def writer_name() -> str:
+    """This process's chain in the audit directory: host and pid (each worker has its own)."""
+    return _UNSAFE.sub("-", f"{socket.gethostname()}-{os.getpid()}")[-64:]
+
+
+@dataclass(slots=True)
+class Request:
+    """What the audit log needs to know of one request, filled in as it goes."""
+
+    request_id: str
+    pipeline: str
+    version: str
+    user: str | None = None
+    tenant: str | None = None
+    input_text: str = ""
+    output_text: str = ""
+    findings: list[str] = field(default_factory=list)
+    result: RunResult | None = None
+    """The run, when this request ran one (not for a refusal or a replay)."""
+
+
+class Auditor:
+    def __init__(self, directory: Path, *, content: bool, opt_out: Path | None) -> None:
+        self.log = AuditLog.from_env(directory, writer=writer_name(), content=content)
+        self.opt_outs = OptOuts(opt_out) if opt_out is not None else None
+        self._scanner: PiiScanner | None = None
+
+    def opted_out(self, user: str) -> bool:
+        return self.opt_outs is not None and self.opt_outs.contains(user)
+
+    def record(self, request: Request, outcome: str) -> None:
+        """Append one record; `outcome`: the run's status, `replayed`, or the refusal's HTTP
+        status code."""
+        tiers: list[str] = []
+        tokens = {"input": 0, "output": 0}
+        cost = 0.0
+        result = request.result
+        for event in result.events if result is not None else ():
+            notes = event.notes or {}
+            if notes.get("blocked"):
+                request.findings.append(f"blocked:{notes['blocked']}")
+            for call in notes.get("llm") or ():
+                if isinstance(call, dict):
+                    if call.get("tier"):
+                        tiers.append(str(call["tier"]))
+                    tokens["input"] += int(call.get("input_tokens") or 0)
+                    tokens["output"] += int(call.get("output_tokens") or 0)
+                    cost += float(call.get("cost_usd") or 0.0)
+        self.log.append(AuditEntry(
+            user=request.user, tenant=request.tenant, pipeline=request.pipeline,
+            version=request.version, outcome=outcome, tiers=tiers, tokens=tokens,
+            cost_usd=cost, guard_findings=request.findings, request_id=request.request_id,
+            input_text=self._redacted(request.input_text),
+            output_text=self._redacted(request.output_text)))
+
+    def _redacted(self, text: str) -> str:
+        if not text:
+            return ""
+        if self._scanner is None:
+            from engine.guard.pii import PiiScanner
+            from engine.stages.guard import STRUCTURED_ENTITIES
+
+            self._scanner = PiiScanner(list(STRUCTURED_ENTITIES))
+        return self._scanner.apply(text, self._scanner.find(text), "redact").text
+
+    def close(self) -> None:
+        self.log.close()

@@ -1,0 +1,225 @@
+"""The gateway: the pipelines one process serves, and what every request goes through before
+and after its run — admission (key, limits, shedding), the run itself, and its observers.
+
+HTTP details (headers, routes, bodies) are `engine.serve.app`'s; this class speaks in
+identities, records and run results, so each step is testable on its own.
+
+Run outcomes as HTTP statuses: an answer (ok, or finished early by a cache hit, a hand-off,
+a guard's refusal) is 200; the pipeline's deadline passing, or every model call of the
+failing stage timing out, is 504 (the upstream did not answer in time); any other failed run is
+502 with the failing stage and error type — never its message, which can quote the input, a
+provider's reply or a secret: that goes to the server log, under the run's trace id.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.compile import CompiledPipeline, compile_file
+from engine.errors import Diagnostic, SpecError
+from engine.observe.metrics import Metrics
+from engine.observe.store import RunStore
+from engine.registry import Registry
+from engine.resources import Resources
+from engine.results import RunResult
+from engine.runtime.batch import input_problem
+from engine.runtime.context import RunHooks
+from engine.serve.audit import Auditor, Request
+from engine.serve.config import ServeConfig
+from engine.serve.feedback import FeedbackLog
+from engine.serve.idempotency import Idempotency
+from engine.serve.keys import ANONYMOUS, Identity, KeyRing
+from engine.serve.limits import RateLimits, Shedder, client_ip
+from engine.serve.mapping import ChatInput
+from engine.serve.openai import ApiError
+
+__all__ = ["Gateway", "Served", "compile_all"]
+
+_log = logging.getLogger(__name__)
+_TIMEOUTS = frozenset({"DeadlineExceeded", "StageTimeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One pipeline as served: compiled, its chat mapping, and its version (the file's
+    digest, recorded in the audit log so a record names the exact pipeline that answered)."""
+
+    pipeline: CompiledPipeline
+    chat: ChatInput
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+
+def compile_all(config: ServeConfig, resources: Resources) -> dict[str, Served]:
+    """Compile every file once, sharing `resources`; raise SpecError with every problem of
+    every file (the same diagnostics as `engine validate`), or for two files with one name."""
+    registry = Registry.from_entry_points()
+    served: dict[str, Served] = {}
+    problems: list[Diagnostic] = []
+    for file in config.files:
+        try:
+            pipeline = compile_file(file, registry, resources=resources)
+        except SpecError as exc:
+            problems += exc.diagnostics
+            continue
+        if pipeline.name in served:
+            other = served[pipeline.name].pipeline.loaded.file
+            problems.append(Diagnostic(f"pipeline name '{pipeline.name}' is also used by "
+                                       f"{other}; served names must be unique", str(file),
+                                       path=("name",)))
+            continue
+        chat = ChatInput.resolve(pipeline, config.mappings.get(pipeline.name))
+        version = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:12]
+        served[pipeline.name] = Served(pipeline, chat, version)
+    unknown = set(config.mappings) - set(served)
+    if unknown and not problems:
+        problems.append(Diagnostic(f"--config maps pipeline(s) not served: "
+                                   f"{', '.join(sorted(unknown))}; served: "
+                                   f"{', '.join(sorted(served))}", "--config"))
+    if problems:
+        raise SpecError(problems)
+    return served
+
+
+def _timed_out(result: RunResult, stage: Any) -> bool:
+    """Did the failed stage's model calls all run out of time (its tiers' calls are cut to
+    the deadline, so a deadline reached inside one reads as "every tier failed: timeout")?"""
+    for event in result.events:
+        calls = (event.notes or {}).get("llm") if event.stage == stage else None
+        if isinstance(calls, list) and calls:
+            attempts = [a for call in calls if isinstance(call, dict)
+                        for a in call.get("attempts") or ()]
+            return bool(attempts) and all(outcome == "timeout" for _, outcome in attempts)
+    return False
+
+
+class Gateway:
+    def __init__(self, config: ServeConfig, served: dict[str, Served], resources: Resources,
+                 keys: KeyRing) -> None:
+        self.config = config
+        self.served = served
+        self.resources = resources
+        self.keys = keys
+        self.trusted = config.networks()
+        self.limits = RateLimits(resources, config.rate_per_key, config.rate_per_ip)
+        self.shedder = Shedder(config.max_inflight)
+        self.idempotency = Idempotency(resources.idempotency)
+        self.metrics = Metrics()
+        self.metrics.watch_breakers(resources)
+        self.store = RunStore(config.store) if config.store is not None else None
+        self.feedback = FeedbackLog(config.store) if config.store is not None else None
+        self.auditor = (Auditor(config.audit_dir, content=config.audit_content,
+                                opt_out=config.opt_out) if config.audit_dir is not None
+                        else None)
+        self.ready = False
+
+    @classmethod
+    def build(cls, config: ServeConfig) -> Gateway:
+        resources = Resources(redis_url=config.redis)
+        return cls(config, compile_all(config, resources), resources, KeyRing.load(config.keys))
+
+    async def start(self) -> None:
+        """Warm every stage up, then say ready: the first request pays no model load."""
+        for served in self.served.values():
+            await served.pipeline.warm_up()
+            if self.store is not None:
+                self.store.open_pipeline(served.pipeline)
+        gc.collect()
+        gc.freeze()  # see engine.runtime.batch.run_batch: long pauses otherwise
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.resources.aclose()
+        for closer in (self.store, self.feedback, self.auditor, self.metrics):
+            if closer is not None:
+                closer.close()
+
+    # -- admission -------------------------------------------------------------------------
+    async def admit(self, authorization: str | None, peer: str, forwarded: str | None
+                    ) -> tuple[Identity, str]:
+        """Who is calling and from where, after the rate limits; 401 / 429 otherwise. A
+        failed key spends the address's budget too, so guessing keys is rate limited."""
+        ip = client_ip(peer, forwarded, self.trusted)
+        if not self.keys:
+            identity = ANONYMOUS
+        else:
+            found = self.keys.authenticate(authorization)
+            if found is None:
+                await self.limits.check(None, ip)
+                raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer "
+                               "<key>`", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
+            identity = found
+        await self.limits.check(identity, ip)
+        return identity, ip
+
+    def pipeline(self, name: str, identity: Identity) -> Served:
+        """The pipeline `name` for this caller: 404 if not served, 403 if the key may not."""
+        served = self.served.get(name)
+        if served is None:
+            raise ApiError(404, f"no pipeline named '{name}'; GET /v1/pipelines lists them",
+                           code="model_not_found", param="model")
+        if not identity.may_use(name):
+            raise ApiError(403, f"this API key may not use pipeline '{name}'",
+                           "permission_error", "pipeline_not_allowed", param="model")
+        return served
+
+    def visible(self, identity: Identity) -> Iterable[Served]:
+        return (s for name, s in sorted(self.served.items()) if identity.may_use(name))
+
+    def audit_request(self, served: Served, identity: Identity, request_id: str) -> Request:
+        """The audit record of a request that named a pipeline; 403 for an opted-out user,
+        before any AI processing."""
+        request = Request(request_id, served.name, served.version, identity.user,
+                          identity.tenant)
+        if self.auditor is not None and self.auditor.opted_out(identity.user):
+            self.auditor.record(request, "403")
+            raise ApiError(403, "this user has opted out of AI processing; no request is "
+                           "processed for them", "permission_error", "opted_out")
+        return request
+
+    def audit(self, request: Request, outcome: str) -> None:
+        if self.auditor is not None:
+            self.auditor.record(request, outcome)
+
+    # -- the run ---------------------------------------------------------------------------
+    def check_input(self, served: Served, record: Any) -> None:
+        """400 for a record that does not match `input.schema` (before a stream starts)."""
+        problem = input_problem(served.pipeline, record)
+        if problem is not None:
+            raise ApiError(400, problem, code="invalid_input")
+
+    async def run(self, served: Served, record: Any, hooks: RunHooks) -> RunResult:
+        """Run a checked record and feed the observers."""
+        result = await served.pipeline.run(record, hooks=hooks)
+        self.metrics.observe(served.name, record, result)
+        if self.store is not None:
+            self.store.observe(served.name, record, result)
+        return result
+
+    def check(self, served: Served, result: RunResult) -> None:
+        """Raise the HTTP error for a failed run (see the module docstring)."""
+        if result.ok:
+            return
+        error = result.error or {}
+        kind, stage = str(error.get("type") or "Error"), error.get("stage")
+        _log.warning("pipeline %s, trace %s failed: %s", served.name, result.trace_id, error)
+        where = f" at stage '{stage}'" if stage else ""
+        message = (f"the pipeline failed{where} ({kind}); the server log has the details "
+                   f"under trace id {result.trace_id}")
+        if kind in _TIMEOUTS or _timed_out(result, stage):
+            raise ApiError(504, f"the pipeline's deadline passed{where}; the server log has "
+                           f"the details under trace id {result.trace_id}", "timeout_error",
+                           "deadline_exceeded", stage=stage, trace_id=result.trace_id)
+        raise ApiError(502, message, "pipeline_error", kind, stage=stage,
+                       trace_id=result.trace_id)
