@@ -107,11 +107,16 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+  local keep = math.ceil(tonumber(ARGV[3])) + 1
+  if redis.call('TTL', KEYS[1]) < keep then
+    redis.call('EXPIRE', KEYS[1], keep)
+  end
   return 1
 end
 return 0
 """
+"""Take a slot if one is free. The set's expiry only ever grows (a short call must not let
+Redis drop a longer call's lease with the set), and it goes once every lease has."""
 
 
 @dataclass

@@ -236,8 +236,12 @@ class GuardStage(Stage[GuardConfig]):
 
 
 def _redis_url(setup: Setup[GuardConfig], check: RateLimitCheck | None) -> str | None:
-    if check is None or check.store == "memory":
+    """Where the buckets live: a `redis` resource the guard names, else this process —
+    unless the process shares its state (`--redis`), like the caches left on memory."""
+    if check is None:
         return None
+    if check.store == "memory":
+        return setup.resources.redis_url
     resource = setup.pipeline.resources.get(check.store)
     url = getattr(resource, "url", None) if resource is not None else None
     if resource is None or resource.type != "redis" or not isinstance(url, str):

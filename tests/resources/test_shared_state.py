@@ -191,6 +191,19 @@ async def test_a_dead_process_s_slot_frees_when_its_lease_expires(redis_url: str
     await alive.aclose()
 
 
+async def test_a_short_lease_does_not_shorten_a_long_one(redis_url: str) -> None:
+    """The slot set's expiry only grows: a quick call taking a slot must not let Redis drop
+    the whole set, and with it a long call's slot, before that call's lease ends."""
+    from redis.asyncio import Redis
+
+    slots, client = RedisSlots(redis_url), Redis.from_url(redis_url)
+    assert await slots.take("gpt", 2, 0.0, hold=30.0) is not None
+    assert await slots.take("gpt", 2, 0.0, hold=0.5) is not None
+    assert await client.ttl(slots.prefix + "gpt") >= 30
+    await slots.aclose()
+    await client.aclose()
+
+
 async def test_the_rate_is_shared_and_waited_for(
         shared: Callable[[], ProviderLimits]) -> None:
     one, two = shared(), shared()
