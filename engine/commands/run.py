@@ -36,6 +36,7 @@ from engine.observe.timeline import timeline
 from engine.resources import Resources
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, read_jsonl, run_batch
+from engine.runtime.ray_runner import ClusterError
 from engine.runtime.resume import Done, InputChanged, LineWriter, done_in, remaining
 
 
@@ -81,7 +82,7 @@ def run(file: Path, input_path: str | None, output_path: Path | None, sets: list
         err.print(f"error: --resume: {exc}; start a new output file", style="red",
                   markup=False)
         return EXIT_BAD_SPEC
-    except _UsageError as exc:
+    except (_UsageError, ClusterError) as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         return EXIT_BAD_SPEC
     for table in summary.tables():

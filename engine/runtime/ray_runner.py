@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.compile import compile_file
+from engine.errors import EngineError
 from engine.resources import Resources
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, run_batch
 
-__all__ = ["WORKER_PREFIX", "run_on_ray"]
+__all__ = ["WORKER_PREFIX", "ClusterError", "run_on_ray"]
 
 WORKER_PREFIX = "engine-worker-"
 """Worker actors are named `engine-worker-<run>-<n>`, so `ray list actors` shows them."""
@@ -45,6 +46,8 @@ WORKER_PREFIX = "engine-worker-"
 _IN_FLIGHT = 2
 """Blocks queued per actor: one running, one ready to start the moment it ends."""
 
+AUTH_HINT = ("; a cluster with token authentication (Ray's default) needs "
+             "RAY_AUTH_MODE=token here, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
 _RETRIES = 3
 """Restarts of a lost actor, and retries of the block it was running."""
 
@@ -93,11 +96,16 @@ async def run_on_ray(file: Path, env: Mapping[str, str] | None, items: Iterable[
             ray.shutdown()
 
 
+class ClusterError(EngineError):
+    """Ray cannot run the job: not installed, not reachable, or its workers cannot compile
+    the pipeline. Said in one line to the user, not as a traceback."""
+
+
 def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError("running on Ray needs Ray: pip install 'engine[ray]'") from None
+        raise ClusterError("running on Ray needs Ray: pip install 'engine[ray]'") from None
     return ray
 
 
@@ -108,8 +116,12 @@ def _init(ray: Any, address: str | None, workers: int) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines, no telemetry
     if address is None:
         ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-    else:
+        return True
+    try:
         ray.init(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}"
+                           f"{AUTH_HINT if address.startswith('ray://') else ''}") from None
     return True
 
 
@@ -131,7 +143,7 @@ async def _ready(actors: list[Any], file: Path) -> None:
     results = await _gather(actor.ready.remote() for actor in actors)
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
-        raise RuntimeError(f"a Ray worker could not compile {file}: {failed}") from failed
+        raise ClusterError(f"a Ray worker could not compile {file}: {failed}") from failed
 
 
 async def _gather(refs: Iterable[Any]) -> list[Any]:

@@ -147,7 +147,7 @@ def test_a_block_lost_for_good_is_error_results(tmp_path: Path,
 
 
 def test_a_pipeline_workers_cannot_compile_is_one_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="a Ray worker could not compile"):
+    with pytest.raises(ray_runner.ClusterError, match="a Ray worker could not compile"):
         _on_ray(tmp_path / "missing.yaml", _records(3))
 
 
@@ -198,3 +198,18 @@ def test_a_model_s_concurrency_limit_holds_across_workers_through_redis(
         assert stub.peak_in_flight == 3  # one limit for both workers
     else:
         assert stub.peak_in_flight > 3  # each worker kept its own 3 in flight
+
+
+def test_an_unreachable_cluster_is_one_clear_error() -> None:
+    class Unreachable:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(address: str) -> None:
+            raise ConnectionError("ray client connection timeout")
+
+    with pytest.raises(ray_runner.ClusterError, match=r"cannot reach the Ray cluster at "
+                       r"ray://head:10001: ray client connection timeout; .*RAY_AUTH_MODE"):
+        ray_runner._init(Unreachable, "ray://head:10001", 2)
