@@ -157,12 +157,16 @@ class RunStore:
         self._open[pipeline] = _RunFile(path, header)
         self.files[pipeline] = path
 
-    def observe(self, pipeline: str, record: Any, result: RunResult) -> None:
-        """Append one record's line (never `record` itself); never raises."""
+    def observe(self, pipeline: str, record: Any, result: RunResult,
+                extra: Mapping[str, Any] | None = None) -> None:
+        """Append one record's line (never `record` itself); never raises. `extra` adds
+        measurements made outside the run (a golden case's verdict, say) to its line: the
+        caller keeps them free of personal data."""
         if pipeline not in self._open and not self._broken:
             self.open_run(pipeline)  # a caller that skipped open_run still gets a header
         run = self._open.get(pipeline)
-        if run is None or not self._guarded(lambda: run.write(stored_record(result))):
+        line = stored_record(result) if extra is None else {**stored_record(result), **extra}
+        if run is None or not self._guarded(lambda: run.write(line)):
             self.dropped += 1
 
     def close(self) -> None:

@@ -133,3 +133,13 @@ def test_a_store_that_cannot_write_never_fails_the_run(tmp_path: Path,
     assert store.dropped == 2
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "disabled" in warnings[0] and "2 record(s)" in warnings[1]
+
+
+def test_extra_measurements_join_the_record_s_line(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.observe("triage", {}, answered(0), extra={"golden": {"case": "c1", "passed": False}})
+    store.observe("triage", {}, answered(1))
+    store.close()
+    _, first, second = map(json.loads, store.files["triage"].read_text().splitlines())
+    assert first["golden"] == {"case": "c1", "passed": False} and first["index"] == 0
+    assert "golden" not in second
