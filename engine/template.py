@@ -3,7 +3,8 @@
 Every string a pipeline renders — a stage's `with:` text, an `if:`, a route's `when:`, the
 pipeline's `output` — becomes a `Template` or `Condition` while the spec is validated, so a
 syntax error is reported with its YAML location, and the compiler can read which stages a
-template refers to (`stages.<name>`) and reject references to stages that are not upstream.
+template refers to (`stages.<name>`) and reject references to stages that are not upstream,
+and which feature flags it reads (`flag('<name>')`, see `engine.flags`).
 
 Rendering rules, chosen so that data keeps its type:
 - a template that is exactly one `{{ expression }}` returns the expression's value as is
@@ -31,6 +32,8 @@ from jinja2 import (
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BeforeValidator, PlainSerializer, PlainValidator, WithJsonSchema
 
+from engine.flags.functions import FLAG_FUNCTION, flag
+
 __all__ = [
     "Condition",
     "ConditionStr",
@@ -49,9 +52,12 @@ _MARKUP = ("{{", "{%", "{#")
 
 @functools.cache
 def _environment(strict: bool) -> ImmutableSandboxedEnvironment:
-    """One sandbox per undefined-policy; sandboxed because templates come from YAML files."""
+    """One sandbox per undefined-policy; sandboxed because templates come from YAML files.
+    `flag('name')` is a global: it reads the record's flags from the scope."""
     undefined = StrictUndefined if strict else ChainableUndefined
-    return ImmutableSandboxedEnvironment(undefined=undefined, autoescape=False)
+    env = ImmutableSandboxedEnvironment(undefined=undefined, autoescape=False)
+    env.globals[FLAG_FUNCTION] = flag
+    return env
 
 
 def _stage_refs(ast: nodes.Node) -> frozenset[str]:
@@ -69,6 +75,18 @@ def _stage_refs(ast: nodes.Node) -> frozenset[str]:
     return frozenset(refs)
 
 
+def _flag_refs(ast: nodes.Node) -> frozenset[str]:
+    """Flags named as `flag('<name>', ...)`, so the compiler can check them; a name computed
+    at run time is not seen here (it fails or warns on first evaluation instead)."""
+    return frozenset(
+        node.args[0].value
+        for node in ast.find_all(nodes.Call)
+        if isinstance(node.node, nodes.Name) and node.node.name == FLAG_FUNCTION
+        and node.args and isinstance(node.args[0], nodes.Const)
+        and isinstance(node.args[0].value, str)
+    )
+
+
 def _parse(source: str, strict: bool) -> nodes.Template:
     try:
         return _environment(strict).parse(source)
@@ -80,17 +98,19 @@ def _parse(source: str, strict: bool) -> nodes.Template:
 class Template:
     """A compiled template; `render(scope)` with `input`, `stages` and `env` in the scope."""
 
-    __slots__ = ("_expression", "_template", "source", "stage_refs")
+    __slots__ = ("_expression", "_template", "flag_refs", "source", "stage_refs")
 
     def __init__(self, source: str) -> None:
         self.source = source
         self._expression: Any = None
         self._template: Any = None
         self.stage_refs: frozenset[str] = frozenset()
+        self.flag_refs: frozenset[str] = frozenset()
         if not any(mark in source for mark in _MARKUP):
             return
         env = _environment(strict=True)
-        self.stage_refs = _stage_refs(_parse(source, strict=True))
+        ast = _parse(source, strict=True)
+        self.stage_refs, self.flag_refs = _stage_refs(ast), _flag_refs(ast)
         single = _SINGLE_EXPRESSION.match(source)
         try:
             if single:
@@ -123,7 +143,7 @@ class Template:
 class Condition:
     """A compiled boolean expression such as `stages.classify.output.urgency == 'high'`."""
 
-    __slots__ = ("_expression", "source", "stage_refs")
+    __slots__ = ("_expression", "flag_refs", "source", "stage_refs")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -133,7 +153,8 @@ class Condition:
             self._expression = _environment(strict=False).compile_expression(text)
         except TemplateSyntaxError as exc:
             raise ValueError(f"condition syntax error: {exc.message}") from None
-        self.stage_refs = _stage_refs(_parse("{{ " + text + " }}", strict=False))
+        ast = _parse("{{ " + text + " }}", strict=False)
+        self.stage_refs, self.flag_refs = _stage_refs(ast), _flag_refs(ast)
 
     def evaluate(self, scope: Mapping[str, Any]) -> bool:
         """True or false; anything missing on the way (`input.vip.level > 2`) makes it false."""

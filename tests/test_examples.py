@@ -47,6 +47,9 @@ README_RUNS = {
                                     "sources": ["refund-duplicate-charge"]}),
     "guarded": ({"ticket": "I'm jo@example.com", "user_id": "u1", "ai_consent": True},
                 lambda out: out == "I'm jo@example.com"),
+    "flagged": ({"text": "hi", "user_id": "u-42", "tenant": "acme"},
+                lambda out: out == {"summary": "Summary of hi",
+                                    "reply": "Hi, we got your message."}),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import networkx as nx
@@ -29,6 +29,9 @@ from engine.spec.types import ModelRef, ResourceRef
 from engine.spec.validation import closest, validate
 from engine.stages.base import Setup, SetupError, Stage, walk_values
 from engine.template import Condition, Template
+
+if TYPE_CHECKING:
+    from engine.flags.client import PipelineFlags
 
 __all__ = ["compile_pipeline", "stage_config_problems"]
 
@@ -48,6 +51,7 @@ def compile_pipeline(
     instances: dict[str, Stage[Any]] = {}
     refs: dict[str, list[tuple[checks.Path, frozenset[str]]]] = {}
     names: list[tuple[checks.Path, Any]] = []
+    templates: list[tuple[checks.Path, Template | Condition]] = []
 
     for name, stage_spec in spec.stages.items():
         path = ("stages", name)
@@ -56,6 +60,7 @@ def compile_pipeline(
                  ] if instance else []
         if stage_spec.if_ is not None:
             found.append(((*path, "if"), stage_spec.if_))
+        templates += [(p, v) for p, v in found if isinstance(v, Template | Condition)]
         refs[name] = [(p, v.stage_refs) for p, v in found if isinstance(v, Template | Condition)]
         names += [(p, v) for p, v in found if isinstance(v, ModelRef | ResourceRef)]
         if instance is not None:
@@ -71,8 +76,8 @@ def compile_pipeline(
     errors += checks.unknown_needs(spec, source)
     knots = list(checks.cycles(graph, source))
     errors += knots
-    output_refs = [(p, v.stage_refs) for p, v in walk_values(spec.output, ("output",))
-                   if isinstance(v, Template)]
+    outputs = [(p, v) for p, v in walk_values(spec.output, ("output",)) if isinstance(v, Template)]
+    output_refs = [(p, v.stage_refs) for p, v in outputs]
     if not knots:
         errors += checks.reference_problems({**refs, _OUTPUT: output_refs}, graph, source)
         errors += checks.handler_problems(delegations, spec, graph, source)
@@ -80,6 +85,8 @@ def compile_pipeline(
     errors += checks.route_problems(branches, spec, source)
     errors += checks.name_problems(names, spec, source)
     validator = _input_validator(spec.input.schema_, source, errors)
+    env = dict(os.environ if env is None else env)
+    flags = _flags(loaded, [*templates, *outputs], env, errors, warnings)
     if errors:
         raise SpecError(errors + warnings)
 
@@ -99,9 +106,10 @@ def compile_pipeline(
         output=spec.output,
         deadline=spec.defaults.timeout,
         input_validator=validator,
-        env=dict(os.environ if env is None else env),
+        env=env,
         resources=resources,
         warnings=tuple(warnings),
+        flags=flags,
     )
 
 
@@ -126,6 +134,18 @@ def _instantiate(
             ("stages", name),
         ))
         return None
+
+
+def _flags(loaded: LoadedSpec, templates: list[tuple[checks.Path, Template | Condition]],
+           env: Mapping[str, str], errors: list[Diagnostic], warnings: list[Diagnostic]
+           ) -> PipelineFlags | None:
+    """The pipeline's feature flags; only a pipeline that has or uses them loads OpenFeature."""
+    uses = [(path, value.flag_refs) for path, value in templates if value.flag_refs]
+    if loaded.spec.flags is None and not uses:
+        return None
+    from engine.flags.setup import open_flags
+
+    return open_flags(loaded, uses, env, errors, warnings)
 
 
 def _configured(

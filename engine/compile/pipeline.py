@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
     from engine.errors import Diagnostic
+    from engine.flags.client import PipelineFlags
     from engine.resources import Resources
     from engine.results import RunResult
     from engine.runtime.context import RunHooks
@@ -59,6 +60,8 @@ class CompiledPipeline:
     env: Mapping[str, str]
     resources: Resources
     warnings: tuple[Diagnostic, ...] = ()
+    flags: PipelineFlags | None = None
+    """The `flags:` block's provider client; None when the pipeline has none."""
 
     @property
     def name(self) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import StageError, StageTimeout
+from engine.flags.functions import FLAGS
 from engine.results import Outcome, RunResult, StageEvent
 from engine.runtime.context import RunHooks, StageContext
 from engine.stages.base import Branch, Finish, Handoff
@@ -96,6 +97,8 @@ class _RecordRun:
         self.deadline = time.monotonic() + pipeline.deadline
         self.states: dict[str, dict[str, Any]] = {}
         self.scope = {"input": record, "stages": self.states, "env": pipeline.env}
+        if pipeline.flags is not None:
+            self.scope[FLAGS] = pipeline.flags.bind(record)
         self.events: list[StageEvent] = []
         self.waiting = dict(pipeline.need_counts)
         self.deselected: set[str] = set()

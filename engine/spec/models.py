@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from engine.spec.types import Duration, RateStr, StageName, StageNames
 from engine.template import ConditionStr, TemplateStr, TemplateValue
@@ -17,6 +17,7 @@ from engine.template import ConditionStr, TemplateStr, TemplateValue
 __all__ = [
     "Breaker",
     "Defaults",
+    "FlagsSpec",
     "InputSpec",
     "ModelTier",
     "PipelineSpec",
@@ -133,6 +134,41 @@ class Alerts(_Spec):
     webhook: str | None = Field(None, description="POSTed a JSON alert; empty: log only")
 
 
+class FlagsSpec(_Spec):
+    """Feature flags for `flag('name')` in templates and conditions, evaluated through the
+    OpenFeature SDK: engine's file provider, or any OpenFeature provider class."""
+
+    provider: str = Field(
+        "file", description="file: a YAML or JSON flags file, re-read when it changes; or "
+        "'package.module:Name' of any OpenFeature provider class (flagd, ...) or of a "
+        "function returning a provider (LaunchDarkly's needs its client)")
+    path: str | None = Field(
+        None, description="file provider: the flags file, relative to the pipeline file")
+    refresh: Duration = Field(
+        1.0, description="file provider: how often, at most, the file is checked for changes")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="provider class or function: its keyword "
+        "arguments")
+    targeting_key: TemplateStr | None = Field(
+        None, description="who the flags are evaluated for (targeting, sticky rollouts), "
+        "rendered per record over input and env, e.g. {{ input.user_id }}")
+    attributes: dict[str, TemplateStr] = Field(
+        default_factory=dict, description="more evaluation context rendered per record, "
+        "e.g. {tenant: '{{ input.tenant }}'}")
+
+    @model_validator(mode="after")
+    def _provider_settings(self) -> FlagsSpec:
+        if self.provider == "file" and self.path is None:
+            raise ValueError("the file provider needs `path:` (the flags file)")
+        if self.provider == "file" and self.options:
+            raise ValueError("`options` are for a provider class; the file provider takes "
+                             "`path` and `refresh`")
+        if self.provider != "file" and ":" not in self.provider:
+            raise ValueError("`provider` is `file` or 'package.module:Name' (a provider "
+                             "class or a function returning a provider)")
+        return self
+
+
 class Resource(BaseModel):
     """A shared, long-lived thing (cache, index, store); its settings belong to its type."""
 
@@ -173,3 +209,4 @@ class PipelineSpec(_Spec):
     slo: Slo | None = Field(None, description="targets for `engine report`")
     budgets: list[Budget] = Field(default_factory=list)
     alerts: Alerts = Field(default_factory=Alerts)
+    flags: FlagsSpec | None = Field(None, description="feature flags for flag('name')")

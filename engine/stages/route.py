@@ -7,7 +7,6 @@ so the same key always takes the same branch and the shares converge to the weig
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterable
 
@@ -16,6 +15,7 @@ from pydantic import Field, model_validator
 from engine.runtime.context import StageContext
 from engine.spec.types import StageNames
 from engine.stages.base import Branch, Setup, Stage, StageConfig
+from engine.sticky import sticky_point
 from engine.template import ConditionStr, TemplateStr
 
 
@@ -78,8 +78,7 @@ class RouteStage(Stage[RouteConfig]):
     def _weighted(self, ctx: StageContext) -> Rule:
         assert self.config.key is not None
         key = str(ctx.render(self.config.key))
-        digest = hashlib.blake2b(f"{self.name}\0{key}".encode(), digest_size=8).digest()
-        point = int.from_bytes(digest, "big") / 2**64 * self._bounds[-1]
+        point = sticky_point(self.name, key) * self._bounds[-1]
         for rule, upper in zip(self.config.routes, self._bounds, strict=True):
             if point < upper:
                 return rule
