@@ -193,6 +193,10 @@ def cache(
     return command(action.value, file, scope or [])
 
 
+class ReportBy(StrEnum):
+    variant = "variant"
+
+
 @app.command()
 def report(
     path: Annotated[Path, typer.Argument(
@@ -205,16 +209,21 @@ def report(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a self-contained HTML page with charts to this file.")
     ] = None,
+    by: Annotated[ReportBy | None, typer.Option(
+        "--by", help="variant: an A/B analysis instead — per variant (weighted routes, "
+        "engine compare) golden pass rate, feedback, errors, latency and cost, each against "
+        "the first variant with 95% intervals (Newcombe for rates, bootstrap for latency "
+        "and cost).", show_default=False)] = None,
 ) -> int:
     """Latency, time to first token, tokens, cost, cache, fallback, timeout and parse rates
     of stored runs, checked against each pipeline's `slo:` targets.
 
     Exit code 0 when every target is met, 1 when one is breached, 2 when there is nothing
-    to report (no such path, no stored records).
+    to report (no such path, no stored records; with --by variant, no record with a variant).
     """
     from engine.commands.report import report as command
 
-    return command(path, pipeline, as_json, html)
+    return command(path, pipeline, as_json, html, by.value if by else None)
 
 
 @app.command()
@@ -433,3 +442,48 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         return 2
     return command(settings)
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Version A (the current one).", metavar="A.yaml",
+                                      show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Version B (the candidate).", metavar="B.yaml",
+                                      show_default=False)],
+    input: Annotated[str, typer.Option(
+        "--input", "-i", help="JSONL records for both ('-' for stdin).", show_default=False)],
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-c", min=1, help="Records in flight per version.")] = 8,
+    fields: Annotated[str | None, typer.Option(
+        "--fields", help="Output fields to compare, e.g. category,urgency [default: every "
+        "top-level key, or the whole output].", show_default=False)] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the comparison, every disagreement included, to this "
+        "file.")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        "--min-agreement", min=0.0, max=1.0, help="Exit 1 when a field agrees less than "
+        "this (0..1).")] = None,
+    show: Annotated[int, typer.Option(
+        "--show", min=0, help="Disagreeing cases to print.")] = 20,
+    store: Annotated[Path | None, typer.Option(
+        "--store", help="The run store [default: $ENGINE_RUNS_DIR or runs/].",
+        show_default=False)] = None,
+    no_store: Annotated[bool, typer.Option(
+        "--no-store", help="Do not record the two runs in the run store.")] = False,
+) -> int:
+    """Shadow two versions of a pipeline offline: the same records through both, side by side.
+
+    Prints agreement per output field, the disagreeing cases, and B's latency p50/p95, cost
+    and tokens per record against A's with 95% intervals (paired bootstrap), then a verdict
+    line. Both runs are stored, labelled as variants, for `engine report --by variant`.
+    Exit code 0 when done, 1 when a field agrees less than --min-agreement, 2 for a bad
+    pipeline, input file or option.
+    """
+    from engine.commands.compare import CompareOptions
+    from engine.commands.compare import compare as command
+    from engine.observe.observers import default_store
+
+    names = tuple(name.strip() for name in (fields or "").split(",") if name.strip())
+    options = CompareOptions(concurrency, names, json_out, min_agreement,
+                             None if no_store else store or default_store(), show)
+    return command(a, b, input, options)

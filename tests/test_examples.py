@@ -47,6 +47,7 @@ README_RUNS = {
                                     "sources": ["refund-duplicate-charge"]}),
     "guarded": ({"ticket": "I'm jo@example.com", "user_id": "u1", "ai_consent": True},
                 lambda out: out == "I'm jo@example.com"),
+    "split": ({"user_id": "u1"}, lambda out: out["variant"] in ("control", "concise")),
     "flagged": ({"text": "hi", "user_id": "u-42", "tenant": "acme"},
                 lambda out: out == {"summary": "Summary of hi",
                                     "reply": "Hi, we got your message."}),

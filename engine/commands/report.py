@@ -1,6 +1,8 @@
 """`engine report`: measures over stored runs, checked against each pipeline's `slo:`.
 
 Tables (or `--json`) on stdout; `--html FILE` adds a self-contained page with charts.
+`--by variant` shows an A/B analysis instead of the tables (`engine.quality.variants`); SLO
+targets are checked either way.
 Exit codes: 0 every SLO met (or none set), 1 some target breached, 2 nothing to report
 (no such path, no stored records) or a file that cannot be written.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,32 +20,69 @@ from rich.text import Text
 
 from engine.commands import EXIT_BAD_SPEC, EXIT_OK, stderr, stdout
 from engine.observe.report import Check, Report, Share, build_reports, format_measure
-from engine.observe.store import read_runs
+from engine.observe.store import StoredRun, read_runs
 from engine.observe.summary import format_duration
+
+if TYPE_CHECKING:
+    from engine.quality.stats import Unit
+    from engine.quality.variants import VariantReport
 
 EXIT_BREACH = 1
 
 
-def report(path: Path, pipeline: str | None, as_json: bool, html: Path | None) -> int:
+def report(path: Path, pipeline: str | None, as_json: bool, html: Path | None,
+           by: str | None = None) -> int:
     out, err = stdout(), stderr()
     if not path.exists():
         err.print(f"error: no such file or folder: {path}", style="red", markup=False)
         return EXIT_BAD_SPEC
-    reports = [r for r in build_reports(read_runs(path), pipeline) if r.records]
+    runs = list(read_runs(path))
+    reports = [r for r in build_reports(runs, pipeline) if r.records]
     if not reports:
         which = f" of pipeline {pipeline!r}" if pipeline else ""
         err.print(f"error: no stored records{which} under {path} (engine run stores them)",
                   style="red", markup=False)
         return EXIT_BAD_SPEC
+    variants = _variants(runs, path, pipeline, err) if by == "variant" else None
+    if by == "variant" and variants is None:
+        return EXIT_BAD_SPEC
     if html is not None and not _write_html(reports, path, html, err):
         return EXIT_BAD_SPEC
     if as_json:
-        print(json.dumps({"reports": [r.to_json() for r in reports]}, indent=2))
+        data: dict[str, Any] = {"reports": [r.to_json() for r in reports]}
+        if variants is not None:
+            data["by_variant"] = [v.to_json() for v in variants]
+        print(json.dumps(data, indent=2))
     else:
-        for table in tables(reports):
+        for table in tables(reports) if variants is None else variant_tables(variants):
             out.print(table)
+    if variants is not None:
+        _print_verdicts(variants, err if as_json else out, err)
     _print_problems(reports, err if as_json else out, err)
     return EXIT_BREACH if any(r.breaches for r in reports) else EXIT_OK
+
+
+def _variants(runs: list[StoredRun], path: Path, pipeline: str | None, err: Console
+              ) -> list[VariantReport] | None:
+    """The A/B analysis, feedback joined from `<path>/feedback/`; None (reported) when no
+    record took a variant."""
+    from engine.quality.variants import read_feedback, variant_reports
+
+    feedback = read_feedback(path / "feedback") if path.is_dir() else {}
+    found = variant_reports(runs, feedback, pipeline)
+    if not found:
+        err.print(f"error: no stored record under {path} took a variant: weighted routes "
+                  "(`key:` and `weight:`, a `name:` per rule) record one, and `engine "
+                  "compare` labels its two runs", style="red", markup=False)
+    return found or None
+
+
+def _print_verdicts(variants: list[VariantReport], console: Console, err: Console) -> None:
+    for v in variants:
+        for warning in v.warnings:
+            err.print(f"warning: {warning}", style="yellow", markup=False)
+        for line in v.verdicts():
+            console.print(line, markup=False)
 
 
 def _write_html(reports: list[Report], source: Path, target: Path, err: Console) -> bool:
@@ -174,3 +214,36 @@ def _slo(reports: list[Report]) -> Table:
                           f"{check.direction} {format_measure(check.measure, check.target)}",
                           status, style="red" if check.breached else None)
     return table
+
+
+def variant_tables(variants: list[VariantReport]) -> list[Table]:
+    """Per pipeline: measures down, variants across; then each variant against the
+    baseline, with its interval."""
+    built = []
+    for v in variants:
+        table = _table(f"{v.pipeline} by variant", "measure", *(arm.name for arm in v.arms))
+        shares = [arm.shares() for arm in v.arms]
+        _row(table, "records", *(str(arm.records) for arm in v.arms))
+        for name in shares[0]:
+            _row(table, name, *(_share(share[name]) for share in shares))
+        for q in ("p50", "p95"):
+            _row(table, f"latency {q}", *(_amount(arm.statistic("durations", q), "s")
+                                          for arm in v.arms))
+        _row(table, "cost per request", *(_amount(arm.statistic("costs", "mean"), "usd")
+                                          for arm in v.arms))
+        built.append(table)
+        versus = _table(f"{v.pipeline}: against {v.baseline}", "variant", "measure", "change",
+                        "95% CI", "significant", names=2)
+        for variant, measures in v.measures.items():
+            for m in measures:
+                significant = m.diff is not None and m.diff.significant
+                _row(versus, variant, m.name, m.change(), m.interval(),
+                     "yes" if significant else "no", style="bold" if significant else None)
+        built.append(versus)
+    return built
+
+
+def _amount(value: float | None, unit: Unit) -> str:
+    from engine.quality.stats import format_amount
+
+    return format_amount(value, unit)

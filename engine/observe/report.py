@@ -57,6 +57,7 @@ __all__ = [
     "fallback_hops",
     "format_measure",
     "nearest_rank",
+    "record_usage",
     "report_of",
     "timed_out",
 ]
@@ -228,6 +229,17 @@ def fallback_hops(notes: Mapping[str, Any], call: Mapping[str, Any]) -> list[tup
     return [(tier, chain[i + 1], last[tier]) for i, tier in enumerate(chain[:-1])]
 
 
+def _usage(call: Mapping[str, Any]) -> tuple[int, int, float]:
+    return (int(call.get("input_tokens") or 0), int(call.get("output_tokens") or 0),
+            float(call.get("cost_usd") or 0.0))
+
+
+def record_usage(record: Mapping[str, Any]) -> tuple[int, int, float]:
+    """A record's tokens in, tokens out and cost (USD), summed over all its model calls."""
+    usages = [_usage(call) for _, call in _calls(record)]
+    return (sum(u[0] for u in usages), sum(u[1] for u in usages), sum(u[2] for u in usages))
+
+
 def timed_out(record: Mapping[str, Any]) -> bool:
     """A model attempt, a stage or the request ran out of time (see the module docstring)."""
     error = record.get("error")
@@ -316,9 +328,7 @@ class _Tally:
             self._call(call)
 
     def _call(self, call: Mapping[str, Any]) -> None:
-        tokens_in, tokens_out = int(call.get("input_tokens") or 0), int(
-            call.get("output_tokens") or 0)
-        cost = float(call.get("cost_usd") or 0.0)
+        tokens_in, tokens_out, cost = _usage(call)
         self.tokens[0] += tokens_in
         self.tokens[1] += tokens_out
         self.cost += cost

@@ -2,7 +2,10 @@
 
 Conditional: the first rule whose `when` is true wins; a rule without `when` is the default.
 Weighted (A/B splits, canaries): `key` is rendered per record and hashed with the stage name,
-so the same key always takes the same branch and the shares converge to the weights.
+so the same key always takes the same branch and the shares converge to the weights. Each
+weighted rule is a *variant* (its `name`, else its targets joined by `+`): the route notes
+which one a record took and says it in its output (`{"to": [...], "variant": "b"}`), so the
+stored trace carries it to `engine report --by variant`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ class Rule(StageConfig):
     when: ConditionStr | None = None
     weight: float | None = Field(None, gt=0)
     to: StageNames = Field(min_length=1, description="the stage(s) this rule selects")
+    name: str | None = Field(None, min_length=1, description="weighted routing: the variant's "
+                             "name in traces and reports (default: the targets joined by +)")
+
+    @property
+    def variant(self) -> str:
+        return self.name or "+".join(self.to)
 
 
 class RouteConfig(StageConfig):
@@ -40,6 +49,12 @@ class RouteConfig(StageConfig):
             )
         if self.key is not None and any(rule.when is not None for rule in self.routes):
             raise ValueError("a rule has either `when` (conditional) or `weight` (weighted)")
+        if self.key is None and any(rule.name is not None for rule in self.routes):
+            raise ValueError("`name` names a variant of a weighted route (`key` and `weight`)")
+        variants = [rule.variant for rule in self.routes]
+        if self.key is not None and len(set(variants)) < len(variants):
+            raise ValueError(f"two weighted rules are the same variant {variants}: give each "
+                             "a distinct `name`")
         return self
 
 
@@ -67,7 +82,10 @@ class RouteStage(Stage[RouteConfig]):
         rule = self._weighted(ctx) if self.config.key is not None else self._first_true(ctx)
         if rule is None:
             return Branch({"to": []}, frozenset())
-        return Branch({"to": list(rule.to)}, frozenset(rule.to))
+        if self.config.key is None:
+            return Branch({"to": list(rule.to)}, frozenset(rule.to))
+        ctx.note(variant=rule.variant)
+        return Branch({"to": list(rule.to), "variant": rule.variant}, frozenset(rule.to))
 
     def _first_true(self, ctx: StageContext) -> Rule | None:
         for rule in self.config.routes:
