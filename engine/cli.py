@@ -268,6 +268,56 @@ def estimate(
     return command(file, assume, compare, as_json)
 
 
+@app.command()
+def test(
+    dataset: Annotated[Path, typer.Option(
+        "--dataset", "-d", help="A golden dataset: YAML (cases with inputs and assertions) "
+        "or JSONL, one case per line.", show_default=False)],
+    file: Annotated[Path | None, typer.Argument(
+        help="The pipeline file [default: the dataset's `pipeline:`].", show_default=False)
+    ] = None,
+    repeat: Annotated[int, typer.Option(
+        "--repeat", "-n", min=1, help="Run every case N times and report each case's "
+        "consistency (the share of identical results).")] = 1,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-c", min=1, help="Cases in flight at once.")] = 8,
+    min_pass_rate: Annotated[float, typer.Option(
+        "--min-pass-rate", min=0.0, max=1.0, help="The share of cases that must pass.")] = 1.0,
+    min_consistency: Annotated[float, typer.Option(
+        "--min-consistency", min=0.0, max=1.0, help="With --repeat: the consistency every "
+        "case must reach.")] = 0.9,
+    judge: Annotated[list[str] | None, typer.Option(
+        "--judge", help="The model tier(s) grading `rubric` assertions that name none: a "
+        "tier of the pipeline, or a litellm model (provider/model). Repeat for a fallback "
+        "chain.")] = None,
+    as_json: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", help="Also write JUnit XML (one testcase per case) for CI.")] = None,
+    store: Annotated[Path | None, typer.Option(
+        "--store", help="The run store read by `engine report` [default: $ENGINE_RUNS_DIR "
+        "or runs/].", show_default=False)] = None,
+    no_store: Annotated[bool, typer.Option(
+        "--no-store", help="Do not record the runs in the run store.")] = False,
+) -> int:
+    """Test a whole pipeline on a golden dataset: each case's input run, its assertions
+    checked (equals, one_of, contains, regex, json_schema, superset_of, subset_of,
+    min_count, max_count, min, max, similar_to, rubric; cost and latency bounds; the stage
+    that finished the run).
+
+    Exit code 0 when the pass rate reaches --min-pass-rate (and every case --min-consistency
+    with --repeat), 1 when not (the failing cases are named), 2 for a bad dataset, pipeline
+    or command line.
+    """
+    from engine.commands.test import Targets, golden
+    from engine.observe.observers import default_store
+
+    return golden(file, dataset, repeat=repeat, concurrency=concurrency,
+                  targets=Targets(min_pass_rate, min_consistency), judges=judge or (),
+                  json_file=as_json, junit_file=junit,
+                  store=None if no_store else store or default_store())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting."""
     try:
