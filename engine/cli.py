@@ -424,7 +424,8 @@ def serve(
         "--redis", help="redis://host:6379/0: rate limits, caches, breakers, budgets and "
         "idempotency keys shared by every replica.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="A YAML file mapping chat onto each pipeline's input and output.")
+        "--config", help="A YAML file of per-pipeline settings: the chat mapping, a shadow "
+        "or canary candidate.")
     ] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="API keys file (SHA-256 digests) [default: $ENGINE_API_KEYS].",
@@ -475,7 +476,7 @@ def serve(
     from engine.commands.serve import expand
     from engine.commands.serve import serve as command
     from engine.observe.observers import default_store
-    from engine.serve.config import ConfigError, ServeConfig, load_mappings
+    from engine.serve.config import ConfigError, ServeConfig, load_settings
 
     try:
         settings = ServeConfig(
@@ -485,7 +486,7 @@ def serve(
             rate_per_ip=None if rate_per_ip == "none" else rate_per_ip,
             max_body=max_body, max_inflight=max_inflight, body_timeout=body_timeout,
             header_timeout=header_timeout, keep_alive=keep_alive, tls_cert=tls_cert,
-            tls_key=tls_key, mappings=load_mappings(config) if config else {},
+            tls_key=tls_key, pipelines=load_settings(config) if config else {},
             store=None if no_store else store or default_store(), audit_dir=audit_dir,
             audit_content=audit_content, opt_out=opt_out)
     except (ConfigError, ValueError) as exc:

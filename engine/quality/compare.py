@@ -147,8 +147,10 @@ def fields_of(pairs: Iterable[Pair]) -> list[str]:
 
 
 def compare_pairs(pairs: Sequence[Pair], fields: Sequence[str] | None = None,
-            labels: tuple[str, str] = ("A", "B"), *, seed: int = 0) -> Comparison:
-    """Agreement per field over every pair, the disagreeing cases, and the paired deltas."""
+            labels: tuple[str, str] = ("A", "B"), *, seed: int = 0,
+            measure: bool = True) -> Comparison:
+    """Agreement per field over every pair, the disagreeing cases, and the paired deltas
+    (`measure=False`: no deltas, which bootstrap; a metrics scrape wants agreement only)."""
     names = list(fields) if fields else fields_of(pairs)
     agree = dict.fromkeys(names, 0)
     disagreements: list[Disagreement] = []
@@ -163,7 +165,7 @@ def compare_pairs(pairs: Sequence[Pair], fields: Sequence[str] | None = None,
               sum(p.b.get("status") == "error" for p in pairs))
     return Comparison(labels, len(pairs), errors,
                       [FieldAgreement(name, agree[name], len(pairs)) for name in names],
-                      disagreements, _measures(pairs, seed))
+                      disagreements, _measures(pairs, seed) if measure else [])
 
 
 def _id(pair: Pair) -> Any:

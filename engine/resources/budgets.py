@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["BudgetExceeded", "BudgetLevels", "BudgetStore", "Gate", "MemoryBudgetStore",
-           "PipelineBudgets", "RedisBudgetStore"]
+           "PipelineBudgets", "RedisBudgetStore", "post_alert"]
 
 DEFAULT_OUTPUT_TOKENS = 1024
 """The output a call is assumed to need when its tier sets no `max_tokens`."""
@@ -252,10 +252,12 @@ class PipelineBudgets:
                            "limit_usd": held.budget.limit_usd, "threshold": threshold}
                 _log.warning("budget alert: %s", json.dumps(payload))
                 if self.webhook:
-                    self._spawn(_post(self.webhook, payload))
+                    self._spawn(post_alert(self.webhook, payload))
 
 
-async def _post(url: str, payload: dict[str, Any]) -> None:
+async def post_alert(url: str, payload: dict[str, Any]) -> None:
+    """POST one alert's JSON to a pipeline's `alerts.webhook` (budgets, `engine serve`'s
+    canary); run it off the request path (`Resources.spawn` logs a failure)."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=5)

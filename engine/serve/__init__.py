@@ -10,6 +10,8 @@ engine/serve/
   idempotency.py  Idempotency-Key over HTTP: replay, 422 on another body, wait in flight
   streaming.py    stream: true as server-sent events
   gateway.py      the pipelines served and every request's admission, run and observers
+  shadow.py       a candidate run after the response on a share of requests, compared live
+  canary.py       a candidate answering a stepped share of users, rolled back on a breach
   audit.py        the audit record of each request, the opt-out list
   feedback.py     POST /v1/feedback lines next to the run store
   middleware.py   ASGI: body limit and timeout, response counts

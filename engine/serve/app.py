@@ -6,6 +6,8 @@
 | `POST /v1/pipelines/{name}/runs`    | a JSON record in, the run's result out            |
 | `GET /v1/pipelines`, `GET /v1/models` | what this key may call                          |
 | `POST /v1/feedback`                 | `{"id": response id, "score": -1..1}`             |
+| `GET /v1/pipelines/{name}/shadow`   | the shadow candidate compared (`engine.serve.shadow`) |
+| `GET /v1/pipelines/{name}/canary`   | the canary's state and windows (`engine.serve.canary`) |
 | `GET /metrics`, `/healthz`, `/readyz` | Prometheus text; alive; ready (warm, not shedding) |
 
 Every error is OpenAI's `{"error": {message, type, param, code}}`: 400 a malformed body or a
@@ -15,6 +17,10 @@ wrong key, 403 a key not allowed on the pipeline or a user who opted out, 404 no
 pipeline, 408 body too slow, 413 body too large, 429 rate limited (`Retry-After`), 502 the
 run failed, 503 shedding load (`Retry-After`), 504 the pipeline's deadline passed. A bug is
 a 500 with a fixed message: no stack trace or exception text ever reaches a response.
+
+A pipeline with a shadow or canary candidate answers with `X-Engine-Variant: baseline |
+candidate` (the version chosen for this request); its shadow is offered the request in a
+background task of the response, which runs once the response's last byte is sent.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from engine.results import RunResult
@@ -218,6 +225,16 @@ def _listings(app: FastAPI, gateway: Gateway) -> None:
              "input_schema": s.pipeline.loaded.spec.input.schema_}
             for s in gateway.visible(identity)]}
 
+    @app.get("/v1/pipelines/{name}/shadow")
+    async def shadow(name: str, request: Request) -> dict[str, Any]:
+        identity, _ = await _admit(gateway, request)
+        return gateway.status(gateway.pipeline(name, identity), "shadow")
+
+    @app.get("/v1/pipelines/{name}/canary")
+    async def canary(name: str, request: Request) -> dict[str, Any]:
+        identity, _ = await _admit(gateway, request)
+        return gateway.status(gateway.pipeline(name, identity), "canary")
+
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         identity, _ = await _admit(gateway, request)
@@ -237,7 +254,7 @@ def _runs(app: FastAPI, gateway: Gateway) -> None:
     async def runs(name: str, request: Request) -> Response:
         identity, ip = await _admit(gateway, request)
         payload = await _json(request)
-        served = gateway.pipeline(name, identity)
+        served = gateway.choose(gateway.pipeline(name, identity), identity, ip)
         trace = _new_trace()
         audit = gateway.audit_request(served, identity, f"run-{trace}")
         record = _checked(gateway, served, audit, lambda: (
@@ -257,7 +274,7 @@ def _runs(app: FastAPI, gateway: Gateway) -> None:
         produce = _run(gateway, served, record, hooks, audit, body)
         outcome = await _audited(gateway, audit, _once(gateway, request, identity,
                                                        f"runs:{name}", payload, produce))
-        return _json_response(outcome)
+        return _json_response(outcome, served, _answered(gateway, served, record, audit))
 
 
 def _chat(app: FastAPI, gateway: Gateway) -> None:
@@ -265,7 +282,7 @@ def _chat(app: FastAPI, gateway: Gateway) -> None:
     async def chat(request: Request) -> Response:
         identity, ip = await _admit(gateway, request)
         chat, payload = await _parse(request, ChatRequest)
-        served = gateway.pipeline(chat.model, identity)
+        served = gateway.choose(gateway.pipeline(chat.model, identity), identity, ip)
         trace = _new_trace()
         response_id = f"chatcmpl-{trace}"
         audit = gateway.audit_request(served, identity, response_id)
@@ -287,12 +304,14 @@ def _chat(app: FastAPI, gateway: Gateway) -> None:
             return StreamingResponse(
                 events(task, live, response_id, chat.model, created, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                         **_variant(served)},
+                background=_answered(gateway, served, record, audit))
         hooks = RunHooks(trace, cache_control=cache_control)
         produce = _run(gateway, served, record, hooks, audit, body)
         outcome = await _audited(gateway, audit, _once(gateway, request, identity, "chat",
                                                        payload, produce))
-        return _json_response(outcome)
+        return _json_response(outcome, served, _answered(gateway, served, record, audit))
 
 
 def _stream(gateway: Gateway, request: Request, identity: Identity, payload: Any,
@@ -317,6 +336,17 @@ def _settled(gateway: Gateway, task: asyncio.Future[Outcome]) -> None:
         task.exception()
 
 
-def _json_response(outcome: Outcome) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return JSONResponse(outcome.body, headers=headers)
+def _answered(gateway: Gateway, served: Served, record: Any, audit: AuditRequest
+              ) -> BackgroundTask:
+    """What runs once the response is sent: the shadow's turn (see `Gateway.answered`)."""
+    return BackgroundTask(gateway.answered, served, record, audit)
+
+
+def _variant(served: Served) -> dict[str, str]:
+    return {"X-Engine-Variant": served.variant} if served.variant else {}
+
+
+def _json_response(outcome: Outcome, served: Served, background: BackgroundTask) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return JSONResponse(outcome.body, headers={**headers, **_variant(served)},
+                        background=background)

@@ -9,6 +9,12 @@ a guard's refusal) is 200; the pipeline's deadline passing, or every model call 
 failing stage timing out, is 504 (the upstream did not answer in time); any other failed run is
 502 with the failing stage and error type — never its message, which can quote the input, a
 provider's reply or a secret: that goes to the server log, under the run's trace id.
+
+A served pipeline may have a candidate version (`--config`): a shadow, run after the response
+(`engine.serve.shadow`), or a canary, answering a share of the users (`engine.serve.canary`).
+A candidate is a served file or a `file:` loaded only for this (hidden: not callable, not
+listed); it must take the same input schema. Every run of such a pipeline, whichever version
+answered, is stored under its name with a `variant`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import gc
 import hashlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +37,15 @@ from engine.results import RunResult
 from engine.runtime.batch import input_problem
 from engine.runtime.context import RunHooks
 from engine.serve.audit import Auditor, Request
-from engine.serve.config import ServeConfig
+from engine.serve.canary import Canary, CanaryMetrics
+from engine.serve.config import PipelineSettings, ServeConfig
 from engine.serve.feedback import FeedbackLog
 from engine.serve.idempotency import Idempotency
 from engine.serve.keys import ANONYMOUS, Identity, KeyRing
 from engine.serve.limits import RateLimits, Shedder, client_ip
 from engine.serve.mapping import ChatInput
 from engine.serve.openai import ApiError
+from engine.serve.shadow import Shadow, ShadowMetrics
 
 __all__ = ["Gateway", "Served", "compile_all"]
 
@@ -48,24 +56,37 @@ _TIMEOUTS = frozenset({"DeadlineExceeded", "StageTimeout"})
 @dataclass(frozen=True, slots=True)
 class Served:
     """One pipeline as served: compiled, its chat mapping, and its version (the file's
-    digest, recorded in the audit log so a record names the exact pipeline that answered)."""
+    digest, recorded in the audit log so a record names the exact pipeline that answered).
+
+    `hidden`: loaded only as a candidate. For one request to a pipeline with a candidate,
+    `variant` says which version answers, and `asked` names the pipeline the client asked for
+    when the candidate answers in its place (`home`: where its runs are stored)."""
 
     pipeline: CompiledPipeline
     chat: ChatInput
     version: str
+    hidden: bool = False
+    variant: str | None = None
+    asked: str | None = None
 
     @property
     def name(self) -> str:
         return self.pipeline.name
 
+    @property
+    def home(self) -> str:
+        return self.asked or self.name
+
 
 def compile_all(config: ServeConfig, resources: Resources) -> dict[str, Served]:
     """Compile every file once, sharing `resources`; raise SpecError with every problem of
-    every file (the same diagnostics as `engine validate`), or for two files with one name."""
+    every file (the same diagnostics as `engine validate`), for two files with one name, and
+    for settings naming a pipeline not served or a candidate that does not fit."""
     registry = Registry.from_entry_points()
     served: dict[str, Served] = {}
     problems: list[Diagnostic] = []
-    for file in config.files:
+    hidden = config.candidate_files()
+    for file in (*config.files, *hidden):
         try:
             pipeline = compile_file(file, registry, resources=resources)
         except SpecError as exc:
@@ -77,17 +98,46 @@ def compile_all(config: ServeConfig, resources: Resources) -> dict[str, Served]:
                                        f"{other}; served names must be unique", str(file),
                                        path=("name",)))
             continue
-        chat = ChatInput.resolve(pipeline, config.mappings.get(pipeline.name))
+        settings = config.pipelines.get(pipeline.name) or hidden.get(Path(file))
+        chat = ChatInput.resolve(pipeline, settings)
         version = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:12]
-        served[pipeline.name] = Served(pipeline, chat, version)
-    unknown = set(config.mappings) - set(served)
-    if unknown and not problems:
-        problems.append(Diagnostic(f"--config maps pipeline(s) not served: "
-                                   f"{', '.join(sorted(unknown))}; served: "
-                                   f"{', '.join(sorted(served))}", "--config"))
+        served[pipeline.name] = Served(pipeline, chat, version, hidden=file in hidden)
+    if not problems:
+        problems += _settings_problems(config.pipelines, served)
     if problems:
         raise SpecError(problems)
     return served
+
+
+def _settings_problems(settings: dict[str, PipelineSettings], served: dict[str, Served]
+                       ) -> list[Diagnostic]:
+    """`--config` entries for pipelines not served; candidates not loaded, or not taking the
+    same input records as the pipeline they stand in for."""
+    listed = ", ".join(sorted(name for name, s in served.items() if not s.hidden))
+    unknown = sorted(set(settings) - set(served))
+    if unknown:
+        return [Diagnostic(f"--config has settings for pipeline(s) not served: "
+                           f"{', '.join(unknown)}; served: {listed}", "--config")]
+    problems = []
+    for name, entry in settings.items():
+        for key, candidate, _ in entry.candidates():
+            path = ("pipelines", name, *key.split("."))
+            found = served.get(candidate)
+            if found is None:
+                problems.append(Diagnostic(
+                    f"no pipeline named '{candidate}' is loaded (served: {listed})", "--config",
+                    path=path, hint="serve the candidate's file too, or give its `file:`"))
+            elif candidate == name:
+                problems.append(Diagnostic("a pipeline cannot be its own candidate",
+                                           "--config", path=path))
+            elif (found.pipeline.loaded.spec.input.schema_
+                  != served[name].pipeline.loaded.spec.input.schema_):
+                problems.append(Diagnostic(
+                    f"candidate '{candidate}' has another input schema than '{name}': it "
+                    "must take the same records", "--config", path=path,
+                    hint=f"compare `input.schema` in {found.pipeline.loaded.file} and "
+                         f"{served[name].pipeline.loaded.file}"))
+    return problems
 
 
 def _timed_out(result: RunResult, stage: Any) -> bool:
@@ -120,6 +170,15 @@ class Gateway:
         self.auditor = (Auditor(config.audit_dir, content=config.audit_content,
                                 opt_out=config.opt_out) if config.audit_dir is not None
                         else None)
+        self.shadows = {name: Shadow(name, served[entry.shadow.pipeline].pipeline, entry.shadow,
+                                     resources.spawn, self.store)
+                        for name, entry in config.pipelines.items() if entry.shadow}
+        self.canaries = {name: Canary(name, entry.canary.candidate, entry.canary,
+                                      served[name].pipeline.loaded.spec.alerts.webhook,
+                                      resources.spawn)
+                         for name, entry in config.pipelines.items() if entry.canary}
+        self.metrics.registry.register(ShadowMetrics(self.shadows.values()))
+        self.metrics.registry.register(CanaryMetrics(self.canaries.values()))
         self.ready = False
 
     @classmethod
@@ -131,7 +190,7 @@ class Gateway:
         """Warm every stage up, then say ready: the first request pays no model load."""
         for served in self.served.values():
             await served.pipeline.warm_up()
-            if self.store is not None:
+            if self.store is not None and not served.hidden:
                 self.store.open_pipeline(served.pipeline)
         gc.collect()
         gc.freeze()  # see engine.runtime.batch.run_batch: long pauses otherwise
@@ -166,7 +225,7 @@ class Gateway:
     def pipeline(self, name: str, identity: Identity) -> Served:
         """The pipeline `name` for this caller: 404 if not served, 403 if the key may not."""
         served = self.served.get(name)
-        if served is None:
+        if served is None or served.hidden:
             raise ApiError(404, f"no pipeline named '{name}'; GET /v1/pipelines lists them",
                            code="model_not_found", param="model")
         if not identity.may_use(name):
@@ -175,7 +234,29 @@ class Gateway:
         return served
 
     def visible(self, identity: Identity) -> Iterable[Served]:
-        return (s for name, s in sorted(self.served.items()) if identity.may_use(name))
+        return (s for name, s in sorted(self.served.items())
+                if not s.hidden and identity.may_use(name))
+
+    def choose(self, served: Served, identity: Identity, ip: str) -> Served:
+        """The version that answers this request: the canary's candidate for its users, else
+        `served`, labelled when it has a candidate (see the module docstring)."""
+        if served.name not in self.canaries and served.name not in self.shadows:
+            return served
+        canary = self.canaries.get(served.name)
+        user = identity.user if identity is not ANONYMOUS else ip
+        if canary is not None and canary.takes(user):
+            return replace(self.served[canary.candidate], variant="candidate",
+                           asked=served.name)
+        return replace(served, variant="baseline")
+
+    def status(self, served: Served, kind: str) -> dict[str, Any]:
+        """The shadow's comparison or the canary's state; 404 when there is none."""
+        if kind == "shadow" and served.name in self.shadows:
+            return self.shadows[served.name].summary()
+        if kind == "canary" and served.name in self.canaries:
+            return {"object": "pipeline.canary", **self.canaries[served.name].status()}
+        raise ApiError(404, f"pipeline '{served.name}' has no {kind}; give it one in the "
+                       "--config file", code=f"no_{kind}")
 
     def audit_request(self, served: Served, identity: Identity, request_id: str) -> Request:
         """The audit record of a request that named a pipeline; 403 for an opted-out user,
@@ -204,8 +285,21 @@ class Gateway:
         result = await served.pipeline.run(record, hooks=hooks)
         self.metrics.observe(served.name, record, result)
         if self.store is not None:
-            self.store.observe(served.name, record, result)
+            extra = {"variant": served.variant} if served.variant else None
+            self.store.observe(served.home, record, result, extra=extra)
+        canary = self.canaries.get(served.home)
+        if canary is not None and served.variant is not None:
+            canary.observe(served.variant, result)
         return result
+
+    async def answered(self, served: Served, record: Any, request: Request) -> None:
+        """The response is sent (a background task of it): offer the request to the shadow
+        when the served version ran and answered it."""
+        shadow = self.shadows.get(served.name)
+        result = request.result
+        if (shadow is not None and served.variant == "baseline" and result is not None
+                and result.ok):
+            shadow.offer(record, result, self.shedder.saturated)
 
     def check(self, served: Served, result: RunResult) -> None:
         """Raise the HTTP error for a failed run (see the module docstring)."""

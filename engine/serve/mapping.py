@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.compile import CompiledPipeline
 from engine.results import RunResult
-from engine.serve.config import ChatMapping
+from engine.serve.config import PipelineSettings
 from engine.serve.keys import Identity
 from engine.serve.openai import ApiError, Message
 
@@ -49,10 +49,11 @@ class ChatInput:
     declared: frozenset[str]
 
     @classmethod
-    def resolve(cls, pipeline: CompiledPipeline, mapping: ChatMapping | None) -> ChatInput:
+    def resolve(cls, pipeline: CompiledPipeline, mapping: PipelineSettings | None
+                ) -> ChatInput:
         schema = pipeline.loaded.spec.input.schema_
         properties = schema.get("properties") or {}
-        mapping = mapping or ChatMapping()
+        mapping = mapping or PipelineSettings()
         text = mapping.text or _default_text(schema)
         messages = mapping.messages or ("messages" if "messages" in properties else None)
         return cls(pipeline.name, text, messages, mapping.reply, frozenset(properties))
