@@ -6,11 +6,11 @@ bench/fallback.py) and `engine serve` in another (the console script, one worker
 rate limits too high to bite, the run store on) on a free 127.0.0.1 port, serving a pipeline
 this script writes: guard (token limit, PII, injection) → cache (exact; every question is new,
 so every request misses, and the cache is full and evicting before anything is measured) →
-generate (`transport: direct`: the openai SDK against the stub, the path the docs recommend
+generate (`transport: direct`: a plain HTTP POST to the stub, the path the docs recommend
 for OpenAI-compatible endpoints). This process's aiohttp client, on kept-alive connections:
 
 (a) the same chat completion sent to the stub directly (the baseline), to the stub through
-    the openai SDK (what the generate stage's own client costs), and through serve, in rounds
+    the openai SDK (what a typical client costs, for reference), and through serve, in rounds
     that rotate the three, at concurrency 1, 8 and 32: p50/p99 latency, serve's added latency
     and ratio against the baseline, requests/s, and serve's CPU per request (from /proc);
 (b) overload: bursts of 8 x `--max-inflight` requests in flight: 200s vs 503s (each 503 with

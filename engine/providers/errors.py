@@ -19,8 +19,10 @@ The `generate` stage asks three questions of every failure, and `Failure` answer
 
 Exception classes are recognised by name along the MRO, not by `isinstance`: openai, litellm
 and httpx are not core dependencies (and `engine validate` must not import them), and openai
-raises through `httpx2` while the direct path may use `httpx`; the names are the same in all.
-litellm's classes subclass openai's, so their MRO carries openai's names too.
+raises through `httpx2` while litellm may use `httpx`; the names are the same in all.
+litellm's classes subclass openai's, so their MRO carries openai's names too; the direct
+transport's (`http_chat`) subclass the builtin `TimeoutError` / `ConnectionError` or carry
+`status_code`, `headers`, `code` and `body` as openai's status errors do.
 """
 
 from __future__ import annotations
