@@ -16,7 +16,8 @@ from engine.stages.route import RouteStage
 from engine.stages.template import TemplateStage
 from engine.template import TemplateStr
 
-pytest_plugins = ["redis_server", "resources_pool"]  # a throwaway redis-server; closing
+pytest_plugins = ["redis_server", "resources_pool", "webhook_receiver"]  # a throwaway
+# redis-server; closing resources; a local webhook receiver
 
 
 class LlmConfig(StageConfig):

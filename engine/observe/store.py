@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from engine.compile import CompiledPipeline
     from engine.spec.models import Slo
 
-__all__ = ["DEFAULT_FOLDER", "FORMAT", "RunStore", "StoredRun", "read_runs", "stored_record"]
+__all__ = ["DEFAULT_FOLDER", "FORMAT", "RunStore", "StoredRun", "parse_line", "read_runs",
+           "stored_record"]
 
 DEFAULT_FOLDER = Path("runs")
 """Where `engine run` stores and `engine report` reads when given no folder."""
@@ -228,12 +229,12 @@ def read_runs(path: Path) -> Iterator[StoredRun]:
 def _read_file(path: Path) -> StoredRun | None:
     with path.open("rb") as handle:
         lines = iter(handle)
-        header = _parse(next(lines, b""))
+        header = parse_line(next(lines, b""))
         if header is None or header.get("kind") != "run":
             return None
         run = StoredRun(path, header)
         for raw in lines:
-            line = _parse(raw)
+            line = parse_line(raw)
             if line is None:
                 run.skipped += 1 if raw.strip() else 0
             else:
@@ -241,7 +242,8 @@ def _read_file(path: Path) -> StoredRun | None:
     return run
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """A JSON object from one line, or None (a torn or foreign line: readers skip it)."""
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -20,14 +20,13 @@ rates, a bootstrap for latency and cost), called significant when the interval e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from engine.observe.report import Share, record_usage
-from engine.observe.store import StoredRun
+from engine.observe.store import StoredRun, parse_line
 from engine.quality.stats import (
     MIN_RECORDS,
     Measure,
@@ -64,7 +63,7 @@ def read_feedback(folder: Path) -> dict[str, float]:
     latest: dict[str, tuple[float, float]] = {}
     for file in sorted(folder.glob("*.jsonl")):
         for raw in file.read_bytes().splitlines():
-            line = _json_object(raw)
+            line = parse_line(raw)
             if line is None or line.get("kind") != "feedback":
                 continue
             trace, score, when = line.get("trace_id"), line.get("score"), line.get("time")
@@ -74,14 +73,6 @@ def read_feedback(folder: Path) -> dict[str, float]:
             if trace not in latest or when >= latest[trace][0]:
                 latest[trace] = (when, float(score))
     return {trace: score for trace, (_, score) in latest.items()}
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 @dataclass

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from resources_pool import opened
 
 from engine.compile import CompiledPipeline, compile_pipeline
@@ -95,28 +94,14 @@ async def test_a_tenant_scope_keeps_tenants_apart(stub: StubProvider) -> None:
         assert (await pipeline.run({"q": "hi", "tenant": tenant})).status == status
 
 
-async def test_alerts_fire_once_per_threshold(stub: StubProvider) -> None:
-    posted: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        posted.append(await request.json())
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/alert", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        pipeline = build(stub, "  - {limit_usd: 8, alert_at: [0.5, 1.0], on_exceed: block}",
-                         alerts=f'alerts: {{webhook: "http://127.0.0.1:{port}/alert"}}')
-        for i in range(5):
-            await pipeline.run({"q": f"q{i}"})
-        await pipeline.resources.settle()
-    finally:
-        await runner.cleanup()
+async def test_alerts_fire_once_per_threshold(
+        stub: StubProvider, webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    url, posted = webhook
+    pipeline = build(stub, "  - {limit_usd: 8, alert_at: [0.5, 1.0], on_exceed: block}",
+                     alerts=f'alerts: {{webhook: "{url}"}}')
+    for i in range(5):
+        await pipeline.run({"q": f"q{i}"})
+    await pipeline.resources.settle()
     assert [(p["threshold"], p["spent_usd"]) for p in posted] == [(0.5, 4.0), (1.0, 8.0)]
     assert posted[0]["limit_usd"] == 8 and posted[0]["scope"] == "pipeline"
 

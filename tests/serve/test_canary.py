@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from conftest import Live, Serve, pipeline_text
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,28 +18,6 @@ from engine.observe.store import read_runs
 from engine.providers.stub import StubProvider
 from engine.serve.canary import Canary
 from engine.serve.config import CanarySettings
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A local alert receiver: its URL and the alerts POSTed to it."""
-    posted: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        posted.append(await request.json())
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/alert", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/alert", posted
-    finally:
-        await runner.cleanup()
 
 
 def versions(stub: StubProvider, folder: Path, url: str) -> tuple[Path, ...]:
