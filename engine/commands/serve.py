@@ -32,6 +32,7 @@ def _loopback(host: str) -> bool:
 
 def serve(config: ServeConfig) -> int:
     err = stderr()
+    from engine.audit import AuditError
     from engine.serve.gateway import Gateway
     from engine.serve.server import run
 
@@ -43,7 +44,7 @@ def serve(config: ServeConfig) -> int:
         if not gateway.keys and not config.no_auth and not _loopback(config.host):
             raise ConfigError(f"no API keys (--keys or $ENGINE_API_KEYS) while listening on "
                               f"{config.host}: anyone could call; add keys, or --no-auth")
-    except ConfigError as exc:
+    except (ConfigError, AuditError) as exc:
         err.print(f"error: {exc}", style="red", markup=False)
         return EXIT_BAD_SPEC
     except SpecError as exc:

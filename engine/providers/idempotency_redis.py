@@ -70,8 +70,7 @@ class RedisIdempotency:
             return cast(T, found[0])
         try:
             value = await factory()
-            await self._quietly(self._client.set(done, json.dumps(value),
-                                                 px=int(self.ttl * 1000)))
+            await self._quietly(self._store(done, value))
         finally:
             await self._quietly(self._client.eval(_RELEASE, 1, marker, token))
         return value
@@ -89,6 +88,11 @@ class RedisIdempotency:
                 return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL[1])
+
+    async def _store(self, done: str, value: Any) -> None:
+        """Keep the result for other processes: as JSON, odd values as their text (the memory
+        store keeps anything; a value JSON cannot hold must not fail a finished call)."""
+        await self._client.set(done, json.dumps(value, default=str), px=int(self.ttl * 1000))
 
     async def _quietly(self, command: Awaitable[Any]) -> None:
         """A write after the call: if it fails the answer still goes to the caller."""

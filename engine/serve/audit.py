@@ -1,5 +1,7 @@
-"""The audit trail of served requests: one `engine.audit` record per request that named a
-pipeline — answered, refused (401, 403, 429...) or failed — and the opt-out list.
+"""The audit trail of served requests: one `engine.audit` record per request admitted to a
+pipeline — answered, refused by its guard or the opt-out list, or failed — and the opt-out
+list. Requests turned away before (no key, a rate limit, an unknown pipeline) never reach a
+pipeline or a model: the metrics count them, the audit log does not.
 
 Input and answer reach the log (hashed always, stored encrypted with `--audit-content`)
 with personal data redacted by the guard's PII patterns first, as the audit log requires:
@@ -51,6 +53,7 @@ class Request:
 class Auditor:
     def __init__(self, directory: Path, *, content: bool, opt_out: Path | None) -> None:
         self.log = AuditLog.from_env(directory, writer=writer_name(), content=content)
+        self.log.open()  # a bad key, folder or lock fails start-up, not every request
         self.opt_outs = OptOuts(opt_out) if opt_out is not None else None
         self._scanner: PiiScanner | None = None
 

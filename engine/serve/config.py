@@ -170,6 +170,15 @@ class ServeConfig(BaseModel):
             self.networks()
         except ValueError as exc:
             raise ConfigError(f"--trusted-proxy: {exc}") from None
+        if self.redis is not None and not self.redis.startswith(_REDIS_SCHEMES):
+            raise ConfigError(f"--redis {self.redis!r}: expected a URL such as "
+                              "redis://127.0.0.1:6379/0 (or rediss://, unix://)")
+        if self.opt_out is not None and not self.opt_out.parent.is_dir():
+            # a mistyped path would silently process users who opted out
+            raise ConfigError(f"--opt-out {self.opt_out}: its folder does not exist")
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def load_settings(path: Path) -> dict[str, PipelineSettings]:
@@ -181,7 +190,8 @@ def load_settings(path: Path) -> dict[str, PipelineSettings]:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or set(data) - {"pipelines"}:
+    if (not isinstance(data, dict) or set(data) - {"pipelines"}
+            or not isinstance(data.get("pipelines") or {}, dict)):
         raise ConfigError(f"--config {path}: expected one key, `pipelines:` (name → settings)")
     settings = {}
     for name, value in (data.get("pipelines") or {}).items():

@@ -8,7 +8,8 @@ Run outcomes as HTTP statuses: an answer (ok, or finished early by a cache hit, 
 a guard's refusal) is 200; the pipeline's deadline passing, or every model call of the
 failing stage timing out, is 504 (the upstream did not answer in time); any other failed run is
 502 with the failing stage and error type — never its message, which can quote the input, a
-provider's reply or a secret: that goes to the server log, under the run's trace id.
+provider's reply or a secret; the server log says the same under the run's trace id, and the
+run store keeps the details (engine/observe/store.py drops the free text there too).
 
 A served pipeline may have a candidate version (`--config`): a shadow, run after the response
 (`engine.serve.shadow`), or a canary, answering a share of the users (`engine.serve.canary`).
@@ -307,13 +308,13 @@ class Gateway:
             return
         error = result.error or {}
         kind, stage = str(error.get("type") or "Error"), error.get("stage")
-        _log.warning("pipeline %s, trace %s failed: %s", served.name, result.trace_id, error)
+        _log.warning("pipeline %s, trace %s failed at stage %s: %s", served.name,
+                     result.trace_id, stage, kind)
         where = f" at stage '{stage}'" if stage else ""
-        message = (f"the pipeline failed{where} ({kind}); the server log has the details "
-                   f"under trace id {result.trace_id}")
+        message = f"the pipeline failed{where} ({kind}); trace id {result.trace_id}"
         if kind in _TIMEOUTS or _timed_out(result, stage):
-            raise ApiError(504, f"the pipeline's deadline passed{where}; the server log has "
-                           f"the details under trace id {result.trace_id}", "timeout_error",
+            raise ApiError(504, f"the pipeline's deadline passed{where}; trace id "
+                           f"{result.trace_id}", "timeout_error",
                            "deadline_exceeded", stage=stage, trace_id=result.trace_id)
         raise ApiError(502, message, "pipeline_error", kind, stage=stage,
                        trace_id=result.trace_id)

@@ -2,9 +2,11 @@
 within `--header-timeout` seconds gets 408 and is closed (slowloris: many connections each
 sending a header byte now and then, holding sockets forever).
 
-It covers the first request of a connection; between requests of a kept-alive connection
-uvicorn's own `--keep-alive` timeout bounds the wait. The value travels on uvicorn's
-`Config` (`HeaderTimeoutConfig`), which workers receive pickled.
+The clock starts when the connection opens and again when each response is complete, so the
+headers of every request on a kept-alive connection must arrive in time (uvicorn's own
+keep-alive timer stops at the first byte of the next request, which a slow client sends at
+once). The value travels on uvicorn's `Config` (`HeaderTimeoutConfig`), which workers receive
+pickled.
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._start_clock()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._start_clock()
+
+    def _start_clock(self) -> None:
         timeout = getattr(self.config, "header_timeout", None)
+        if self._timer is not None:
+            self._timer.cancel()
         if timeout:
             self._timer = self.loop.call_later(timeout, self._headers_late)
 
@@ -41,6 +53,7 @@ class HeaderTimeoutProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def _headers_late(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
             self.transport.write(_LATE)
             self.transport.close()

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Live, Serve, pipeline_text
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import Live, Serve, pipeline_text
 
 from engine.cli import main
 from engine.observe.store import read_runs

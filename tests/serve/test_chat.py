@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import KEYS, Serve
+from serve_helpers import KEYS, Serve
 
 from engine.providers.stub import StubProvider
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Serve, pipeline_text
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import Serve, pipeline_text
 
 from engine.cli import main
 from engine.providers.stub import StubProvider
@@ -119,3 +119,22 @@ def test_no_keys_off_loopback_is_refused(tmp_path: Path, pipelines: Path,
     monkeypatch.delenv("ENGINE_API_KEYS", raising=False)
     assert main(["serve", str(pipelines), "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "--no-auth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    (["--redis", "notaurl"], "--redis 'notaurl': expected a URL such as redis://"),
+    (["--audit-dir", "AUDIT", "--audit-content"], "storing request content needs a key"),
+    (["--opt-out", "/nonexistent/optouts.txt"], "--opt-out /nonexistent/optouts.txt: its folder"),
+    (["--config", "CONFIG"], "expected one key, `pipelines:` (name → settings)"),
+])
+def test_a_wrong_option_stops_start_up_in_one_line(
+        tmp_path: Path, pipelines: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, options: list[str], said: str) -> None:
+    monkeypatch.delenv("ENGINE_AUDIT_KEY", raising=False)
+    config = tmp_path / "serve.yaml"
+    config.write_text("pipelines: [echo]\n")
+    options = [{"AUDIT": str(tmp_path / "audit"), "CONFIG": str(config)}.get(o, o)
+               for o in options]
+    assert main(["serve", str(pipelines), "--port", "0", *options]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err

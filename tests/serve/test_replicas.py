@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import free_port
 from redis_server import RedisServer
+from serve_helpers import free_port
 
 from engine.providers.stub import StubProvider
 from engine.providers.stub_config import StubConfig, content_text

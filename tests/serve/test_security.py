@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import KEYS, Serve, key_file, pipeline_text
+from serve_helpers import KEYS, Serve, key_file, pipeline_text
 
 from engine.providers.stub import StubProvider
 from engine.serve.limits import client_ip
@@ -178,3 +178,19 @@ async def test_slow_headers_are_cut_off(serve: Serve) -> None:
         writer.close()
         await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_slow_headers_of_a_kept_alive_connection_s_next_request_are_cut_off(
+        serve: Serve) -> None:
+    async with serve(header_timeout=0.3) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the next one never finishes
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(), 3)
+        writer.close()
+        await writer.wait_closed()
+    assert first.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in rest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from conftest import Serve
+from serve_helpers import Serve
 
 from engine.providers.stub import StubProvider
 

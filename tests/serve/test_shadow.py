@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import Live, Serve, pipeline_text
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import Live, Serve, pipeline_text
 
 from engine.observe.store import read_runs
 from engine.providers.stub import StubProvider
