@@ -24,8 +24,14 @@ from rich.text import Text
 from engine.commands import EXIT_BAD_SPEC, EXIT_OK, compile_or_report, stderr, stdout
 from engine.compile import CompiledPipeline
 from engine.observe.store import RunStore
-from engine.quality.compare import Comparison, compare_pairs, format_value, pair_lines
-from engine.quality.stats import format_amount
+from engine.quality.compare import (
+    Comparison,
+    compare_pairs,
+    fields_of,
+    format_value,
+    pair_lines,
+)
+from engine.quality.stats import MIN_RECORDS, format_amount
 from engine.results import RunResult
 from engine.runtime.batch import InputRecord, read_jsonl, run_batch
 
@@ -54,7 +60,8 @@ def compare(a_file: Path, b_file: Path, input_path: str, options: CompareOptions
     labels = _labels(a_file, b_file)
     err.print(f"A = {labels[0]} ({a_file}), B = {labels[1]} ({b_file}): {len(items)} records",
               markup=False)
-    stores = [_store(options.store, a, labels[0]), _store(options.store, b, labels[1])]
+    stores = [_store(options.store, a, labels[0], a.name), _store(options.store, b, labels[1],
+                                                                  a.name)]
     try:
         results = asyncio.run(_run_both(a, b, items, options.concurrency, stores))
     finally:
@@ -63,8 +70,17 @@ def compare(a_file: Path, b_file: Path, input_path: str, options: CompareOptions
                 store.close()
     a_lines, b_lines = ([r.to_json() for r in sorted(side, key=lambda r: r.index)]
                         for side in results)
-    comparison = compare_pairs(pair_lines(a_lines, b_lines)[0], options.fields or None, labels)
+    pairs = pair_lines(a_lines, b_lines)[0]
+    unknown = [f for f in options.fields if f not in fields_of(pairs)]
+    if unknown:  # a typo would otherwise agree 100 %: missing equals missing
+        err.print(f"error: --fields: no output has {', '.join(unknown)}", style="red",
+                  markup=False)
+        return EXIT_BAD_SPEC
+    comparison = compare_pairs(pairs, options.fields or None, labels)
     _print(stdout(), comparison, options.show)
+    if comparison.pairs < MIN_RECORDS:
+        err.print(f"warning: only {comparison.pairs} records: below {MIN_RECORDS} the "
+                  "intervals (a p95 above all) mean little", style="yellow", markup=False)
     if options.json_out is not None and not _write_json(options.json_out, comparison, err):
         return EXIT_BAD_SPEC
     if options.store is not None:
@@ -74,8 +90,11 @@ def compare(a_file: Path, b_file: Path, input_path: str, options: CompareOptions
 
 
 def _labels(a_file: Path, b_file: Path) -> tuple[str, str]:
-    """The variants' names: the files' stems, or A and B when those are the same."""
-    return (a_file.stem, b_file.stem) if a_file.stem != b_file.stem else ("A", "B")
+    """The variants' names: A and B with the files' stems, so that `engine report --by
+    variant`, which takes the first name as its baseline, compares B against A too."""
+    if a_file.stem == b_file.stem:
+        return "A", "B"
+    return f"A:{a_file.stem}", f"B:{b_file.stem}"
 
 
 def _read_input(path: str, err: Console) -> list[InputRecord] | None:
@@ -91,13 +110,16 @@ def _read_input(path: str, err: Console) -> list[InputRecord] | None:
         return None
 
 
-def _store(folder: Path | None, pipeline: CompiledPipeline, label: str
+def _store(folder: Path | None, pipeline: CompiledPipeline, label: str, name: str
            ) -> _LabelledStore | None:
+    """One side's run file, stored under `name` (A's pipeline name for both sides, so the
+    report finds the two variants of one pipeline even when B renamed itself)."""
     if folder is None:
         return None
     store = RunStore(folder)
-    store.open_pipeline(pipeline)
-    return _LabelledStore(store, pipeline.name, label)
+    store.open_run(name, file=pipeline.loaded.file, slo=pipeline.loaded.spec.slo,
+                   stages={stage: s.type for stage, s in pipeline.stages.items()})
+    return _LabelledStore(store, name, label)
 
 
 @dataclass(frozen=True, slots=True)

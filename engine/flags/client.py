@@ -62,11 +62,7 @@ class PipelineFlags:
     def evaluate(self, name: str, default: Default, context: EvaluationContext) -> Any:
         """The flag's value, or `default` with a warning (once per flag and problem) when
         the provider does not know the flag or fails: flags never fail a run."""
-        evaluate = _BY_TYPE.get(type(default))
-        if evaluate is None:
-            raise TypeError(f"flag({name!r}, default): the default must be a bool, str, int "
-                            f"or float, not {type(default).__name__}")
-        details = evaluate(self.client, name, default, context)
+        details = _BY_TYPE[type(default)](self.client, name, default, context)
         if details.error_code is not None:
             self._warn(name, f"{details.error_code}: {details.error_message or ''}")
         return details.value
@@ -89,6 +85,9 @@ class RecordFlags:
         self._values: dict[tuple[str, Default, type], Any] = {}
 
     def value(self, name: str, default: Default) -> Any:
+        if type(default) not in _BY_TYPE:  # before it is hashed: a list would fail there
+            raise TypeError(f"flag({name!r}, default): the default must be a bool, str, int "
+                            f"or float, not {type(default).__name__}")
         key = (name, default, type(default))  # True == 1: the type tells them apart
         if key not in self._values:
             if self._context is None:

@@ -330,7 +330,7 @@ def _contains(actual: Any, expected: Any) -> str | None:
     elif isinstance(actual, list):
         found = any(_same(item, expected) for item in actual)
     elif isinstance(actual, dict):
-        found = expected in actual
+        found = isinstance(expected, str) and expected in actual  # JSON keys are strings
     else:
         return f"cannot look inside {short(actual)}"
     return None if found else _got(actual)

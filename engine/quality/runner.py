@@ -156,10 +156,15 @@ async def _run_case(pipeline: CompiledPipeline, case: Case, index: int,
 
 
 async def _verify(assertion: Assertion, subject: dict[str, Any], judge: Judge) -> str | None:
+    """Why the assertion fails, or None. A check that cannot even run (a judge that errs, a
+    value of a shape nobody foresaw) fails its case, saying so, not the whole test run."""
     actual = resolve(subject, assertion.parts)
-    if assertion.op in MODEL_GRADED:
-        return await judge.check(assertion, actual)
-    return check(assertion, actual)
+    try:
+        if assertion.op in MODEL_GRADED:
+            return await judge.check(assertion, actual)
+        return check(assertion, actual)
+    except Exception as exc:
+        return f"cannot check: {type(exc).__name__}: {exc}"
 
 
 def _fingerprint(result: RunResult, dataset: Dataset) -> str:

@@ -259,3 +259,12 @@ def test_a_provider_that_cannot_start_is_a_compile_error(tmp_path: Path,
     found = problems(tmp_path, registry, PIPELINE.replace(FILE_BLOCK, block), None)
     assert [d.path for d in found] == [("flags", "provider")]
     assert "flagd is not reachable" in found[0].message
+
+
+async def test_a_default_of_another_type_fails_its_stage_saying_which_types(
+        tmp_path: Path, registry: Registry) -> None:
+    pipeline = build(tmp_path, registry, PIPELINE.replace("flag('prompt', 'v1')",
+                                                          "flag('prompt', [1])"))
+    result = await pipeline.run({"user": "u1", "tenant": "globex", "text": "t"})
+    assert result.status == "error"
+    assert "the default must be a bool, str, int or float, not list" in result.error["message"]

@@ -47,17 +47,18 @@ def test_cli_finds_the_planted_disagreements_and_stores_both_runs(
                  "--store", str(store)])
     assert code == 0
     data = json.loads(out.read_text())
-    assert (data["a"], data["b"], data["pairs"]) == ("v1", "v2", 10)
+    assert (data["a"], data["b"], data["pairs"]) == ("A:v1", "B:v2", 10)
     assert {f["field"]: (f["agree"], f["of"]) for f in data["fields"]} == {
         "category": (10, 10), "urgency": (8, 10)}
     assert [(d["key"], d["id"], d["field"], d["a"], d["b"]) for d in data["disagreements"]] == [
         (6, "t6", "urgency", "high", "low"), (7, "t7", "urgency", "high", "low")]
     printed = capsys.readouterr().out
     assert "6 (t6)" in printed and "7 (t7)" in printed
-    assert "v2 agrees with v1 on 100.0% of category, 80.0% of urgency" in printed
+    assert "B:v2 agrees with A:v1 on 100.0% of category, 80.0% of urgency" in printed
     runs = list(read_runs(store))
     assert sorted(len(run.records) for run in runs) == [10, 10]
-    assert sorted({r["variant"] for run in runs for r in run.records}) == ["v1", "v2"]
+    assert sorted({r["variant"] for run in runs for r in run.records}) == ["A:v1", "B:v2"]
+    assert {run.pipeline for run in runs} == {"triage"}  # one pipeline, two variants
     assert all("output" not in r for run in runs for r in run.records)  # the store's rule
 
 
@@ -71,6 +72,9 @@ def test_min_agreement_and_fields(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*base, "--fields", "category", "--json", str(out),
                  "--min-agreement", "1"]) == 0
     assert [f["field"] for f in json.loads(out.read_text())["fields"]] == ["category"]
+    capsys.readouterr()
+    assert main([*base, "--fields", "category,urgencey"]) == 2  # a typo, not 100 % agreement
+    assert "--fields: no output has urgencey" in capsys.readouterr().err
 
 
 def test_a_broken_pipeline_or_input_exits_2_with_a_message(

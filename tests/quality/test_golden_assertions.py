@@ -187,3 +187,11 @@ def test_a_rubric_without_a_model_is_a_usage_error(tmp_path: Path,
     assert "golden.yaml:5: case 'polite': a rubric needs a model" in capsys.readouterr().err
     assert engine_test(path, "--judge", "nope")[0] == 2
     assert "unknown model tier 'nope'" in capsys.readouterr().err
+
+
+def test_an_assertion_that_cannot_be_checked_fails_its_case_not_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = engine_test(write(tmp_path, dataset("{path: output, contains: [category]}")))
+    assert code == 1 and "Traceback" not in capsys.readouterr().err
+    good, checked = report["cases"]
+    assert good["passed"] and not checked["passed"]
