@@ -41,6 +41,10 @@ class StageEvent:
         return out
 
 
+TIMEOUT_ERRORS = frozenset({"StageTimeout", "DeadlineExceeded"})
+"""The error types of a run whose time ran out (the request deadline, a stage's timeout)."""
+
+
 @dataclass(slots=True)
 class RunResult:
     """Exactly one per input record, whatever happened to it."""
@@ -64,6 +68,23 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status != "error"
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every model call the run made, in stage order: the `llm` notes its stages left
+        (re-asks and classify calls count too)."""
+        return [call for event in self.events for call in (event.notes or {}).get("llm") or ()
+                if isinstance(call, dict)]
+
+    def usage(self) -> tuple[int, int, float]:
+        """Tokens in, tokens out and cost (USD), summed over every model call."""
+        calls = self.calls()
+        return (sum(int(c.get("input_tokens") or 0) for c in calls),
+                sum(int(c.get("output_tokens") or 0) for c in calls),
+                sum(float(c.get("cost_usd") or 0.0) for c in calls))
+
+    def timed_out(self) -> bool:
+        """The run failed because time ran out: its deadline or a stage's timeout."""
+        return (self.error or {}).get("type") in TIMEOUT_ERRORS
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "id": self.id, "status": self.status}

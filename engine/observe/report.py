@@ -44,6 +44,7 @@ from typing import Any, Literal
 from engine.observe.store import StoredRun
 from engine.observe.summary import format_duration
 from engine.observe.summary import percentile as nearest_rank
+from engine.results import TIMEOUT_ERRORS
 
 __all__ = [
     "BOUNDS",
@@ -70,7 +71,6 @@ BOUNDS: dict[str, Direction] = {
 }
 """The measures an `slo:` block can target, with the side of the target that is good."""
 
-_TIMEOUT_ERRORS = frozenset({"StageTimeout", "DeadlineExceeded"})
 _DID_NOT_RUN = frozenset({"skipped", "cancelled"})
 
 
@@ -243,7 +243,7 @@ def record_usage(record: Mapping[str, Any]) -> tuple[int, int, float]:
 def timed_out(record: Mapping[str, Any]) -> bool:
     """A model attempt, a stage or the request ran out of time (see the module docstring)."""
     error = record.get("error")
-    if isinstance(error, dict) and error.get("type") in _TIMEOUT_ERRORS:
+    if isinstance(error, dict) and error.get("type") in TIMEOUT_ERRORS:
         return True
     if any(event.get("outcome") == "timeout" for event in _events(record)):
         return True

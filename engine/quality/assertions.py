@@ -273,8 +273,7 @@ def subject_of(result: RunResult) -> dict[str, Any]:
     """What assertions read: the result's fields plus the route, the cost and the latency."""
     ordered = sorted(result.events, key=lambda event: event.start)
     trace = [event.to_json() for event in ordered]
-    cost = sum(float(call.get("cost_usd") or 0.0) for event in ordered
-               for call in (event.notes or {}).get("llm") or () if isinstance(call, dict))
+    cost = result.usage()[2]
     return {
         "output": result.output, "status": result.status, "finished_by": result.finished_by,
         "handed_off": result.handed_off, "error": result.error,

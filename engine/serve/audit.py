@@ -63,21 +63,16 @@ class Auditor:
     def record(self, request: Request, outcome: str) -> None:
         """Append one record; `outcome`: the run's status, `replayed`, or the refusal's HTTP
         status code."""
-        tiers: list[str] = []
-        tokens = {"input": 0, "output": 0}
-        cost = 0.0
         result = request.result
-        for event in result.events if result is not None else ():
-            notes = event.notes or {}
-            if notes.get("blocked"):
-                request.findings.append(f"blocked:{notes['blocked']}")
-            for call in notes.get("llm") or ():
-                if isinstance(call, dict):
-                    if call.get("tier"):
-                        tiers.append(str(call["tier"]))
-                    tokens["input"] += int(call.get("input_tokens") or 0)
-                    tokens["output"] += int(call.get("output_tokens") or 0)
-                    cost += float(call.get("cost_usd") or 0.0)
+        tiers: list[str] = []
+        tokens_in = tokens_out = 0
+        cost = 0.0
+        if result is not None:
+            request.findings += [f"blocked:{event.notes['blocked']}" for event in result.events
+                                 if event.notes and event.notes.get("blocked")]
+            tiers = [str(call["tier"]) for call in result.calls() if call.get("tier")]
+            tokens_in, tokens_out, cost = result.usage()
+        tokens = {"input": tokens_in, "output": tokens_out}
         self.log.append(AuditEntry(
             user=request.user, tenant=request.tenant, pipeline=request.pipeline,
             version=request.version, outcome=outcome, tiers=tiers, tokens=tokens,

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.observe.report import record_usage
 from engine.quality.stats import statistic
 from engine.resources.budgets import post_alert
 from engine.serve.config import CanarySettings
@@ -80,7 +79,7 @@ class Window:
         self.samples: deque[_Sample] = deque(maxlen=size)
 
     def add(self, result: RunResult) -> None:
-        cost = record_usage(result.to_json())[2]
+        cost = result.usage()[2]
         self.samples.append(_Sample(not result.ok, result.duration, cost))
 
     def __len__(self) -> int:

@@ -51,9 +51,6 @@ from engine.serve.shadow import Shadow, ShadowMetrics
 __all__ = ["Gateway", "Served", "compile_all"]
 
 _log = logging.getLogger(__name__)
-_TIMEOUTS = frozenset({"DeadlineExceeded", "StageTimeout"})
-
-
 @dataclass(frozen=True, slots=True)
 class Served:
     """One pipeline as served: compiled, its chat mapping, and its version (the file's
@@ -312,7 +309,7 @@ class Gateway:
                      result.trace_id, stage, kind)
         where = f" at stage '{stage}'" if stage else ""
         message = f"the pipeline failed{where} ({kind}); trace id {result.trace_id}"
-        if kind in _TIMEOUTS or _timed_out(result, stage):
+        if result.timed_out() or _timed_out(result, stage):
             raise ApiError(504, f"the pipeline's deadline passed{where}; trace id "
                            f"{result.trace_id}", "timeout_error",
                            "deadline_exceeded", stage=stage, trace_id=result.trace_id)

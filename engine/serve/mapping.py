@@ -121,14 +121,6 @@ def answer_text(output: Any, reply: str | None = None) -> str:
 
 def usage(result: RunResult) -> dict[str, int]:
     """OpenAI `usage` summed over every model call the run made (re-asks, classify calls)."""
-    prompt = completion = 0
-    for event in result.events:
-        calls = (event.notes or {}).get("llm")
-        if not isinstance(calls, list):
-            continue
-        for call in calls:
-            if isinstance(call, dict):
-                prompt += int(call.get("input_tokens") or 0)
-                completion += int(call.get("output_tokens") or 0)
+    prompt, completion, _ = result.usage()
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
