@@ -69,7 +69,7 @@ from engine.cache.store import (
     scope_matches,
 )
 from engine.resources.embeddings import DIMENSIONS
-from engine.resources.redis import connect
+from engine.resources.redis import Outage, connect
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -195,8 +195,7 @@ class RedisCache:
         self._replica = _Replica(dim)
         self._last: StreamId = (0, 0)
         self._stale = True  # nothing read yet: the first sync is a rebuild
-        self._down_until = 0.0
-        self._down = False
+        self.outage = Outage("cache store", "serving misses", cooldown=cooldown)
         self._sync_lock = asyncio.Lock()
         self._syncs_started = self._syncs_done = 0
         self._synced_at = -math.inf
@@ -455,7 +454,7 @@ class RedisCache:
 
     def _available(self) -> bool:
         """False (a miss, counted) while cooling down after a failure."""
-        if time.monotonic() < self._down_until:
+        if not self.outage.available():
             self._counters.add("errors")
             return False
         return True
@@ -463,13 +462,7 @@ class RedisCache:
     def _failed(self, operation: str, exc: BaseException) -> None:
         self._counters.add("errors")
         self._stale = True  # what changed while we could not read is unknown: rebuild
-        self._down_until = time.monotonic() + self.cooldown
-        if not self._down:
-            self._down = True
-            log.warning("cache store unavailable (%s: %s: %s); serving misses, retrying "
-                        "every %.1f s", operation, type(exc).__name__, exc, self.cooldown)
+        self.outage.failed(exc, operation)
 
     def _recovered(self) -> None:
-        if self._down:
-            self._down = False
-            log.info("cache store reachable again")
+        self.outage.recovered()

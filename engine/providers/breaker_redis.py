@@ -9,14 +9,14 @@ holder dies. The breaker must run on the wall clock (`clock=time.time`): opened-
 trial expiries are compared across machines.
 
 When Redis fails, the breaker carries on with this process's own copy of the state (a memory
-store) and logs the outage once: it still protects this process, and a store outage must not
-stop model calls.
+store) until it is back (`engine.resources.redis.Outage`: logged once, Redis left alone for
+a few seconds so a hanging server does not cost every call its timeout): it still protects
+this process, and a store outage must not stop model calls.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import asdict
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBreakerStore"]
 
-_log = logging.getLogger(__name__)
-
 KEEP = 86_400
 """Seconds a breaker's state outlives its last change."""
 LOCK_TTL = 2.0
@@ -42,32 +40,36 @@ LOCK_WAIT = 1.0
 class RedisBreakerStore:
     def __init__(self, client: str | Redis, *, prefix: str = "engine:breaker:",
                  timeout: float = 1.0) -> None:
-        from engine.resources.redis import connect
+        from engine.resources.redis import Outage, connect
 
         self._client, self._owned = connect(client, timeout)
         self.prefix = prefix
         self._local = MemoryBreakerStore()
-        self._down = False
+        self.outage = Outage("breaker store", "each process keeps its own breaker state")
 
     async def load(self, name: str) -> BreakerState | None:
         from redis.exceptions import RedisError
 
+        if not self.outage.available():
+            return await self._local.load(name)
         try:
             raw = await self._client.get(self.prefix + name)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self.outage.failed(exc)
             return await self._local.load(name)
-        self._up()
+        self.outage.recovered()
         return None if raw is None else BreakerState(**json.loads(raw))
 
     async def save(self, name: str, state: BreakerState) -> None:
         from redis.exceptions import RedisError
 
         await self._local.save(name, state.copy())
+        if not self.outage.available():
+            return
         try:
             await self._client.set(self.prefix + name, json.dumps(asdict(state)), ex=KEEP)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self.outage.failed(exc)
 
     def locked(self, name: str) -> AbstractAsyncContextManager[None]:
         return self._locked(name)
@@ -78,11 +80,12 @@ class RedisBreakerStore:
 
         lock = self._client.lock(f"{self.prefix}lock:{name}", timeout=LOCK_TTL,
                                  sleep=0.002, blocking_timeout=LOCK_WAIT)
-        try:
-            held = bool(await lock.acquire())
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            held = False
+        held = False
+        if self.outage.available():
+            try:
+                held = bool(await lock.acquire())
+            except (RedisError, OSError) as exc:
+                self.outage.failed(exc)
         try:
             yield
         finally:
@@ -93,14 +96,3 @@ class RedisBreakerStore:
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._down:
-            _log.warning("breaker store unavailable (%s): each process keeps its own "
-                         "breaker state until it is back", exc)
-        self._down = True
-
-    def _up(self) -> None:
-        if self._down:
-            _log.warning("breaker store is back: breaker state is shared again")
-        self._down = False

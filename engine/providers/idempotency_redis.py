@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisIdempotency"]
 
 T = TypeVar("T")
-_log = logging.getLogger(__name__)
 
 LEASE = 120.0
 """Seconds an in-flight marker lasts if its holder never clears it (the process died)."""
@@ -45,13 +43,14 @@ POLL = (0.005, 0.1)
 class RedisIdempotency:
     def __init__(self, client: str | Redis, ttl: float, *, prefix: str = "engine:idem:",
                  timeout: float = 1.0, max_entries: int = 10_000) -> None:
-        from engine.resources.redis import connect
+        from engine.resources.redis import Outage, connect
 
         self._client, self._owned = connect(client, timeout)
         self.ttl = ttl
         self.prefix = prefix
         self._flight = MemoryIdempotency(ttl, max_entries=max_entries)
-        self._down = False
+        self.outage = Outage("idempotency store",
+                             "calls are not deduplicated across processes")
 
     async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
         return await self._flight.run(key, lambda: self._shared(key, factory))
@@ -61,11 +60,14 @@ class RedisIdempotency:
 
         done, marker, token = (self.prefix + "done:" + key, self.prefix + "run:" + key,
                                secrets.token_hex(8))
+        if not self.outage.available():
+            return await factory()
         try:
             found = await self._claim(done, marker, token)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self.outage.failed(exc)
             return await factory()
+        self.outage.recovered()
         if found is not None:
             return cast(T, found[0])
         try:
@@ -81,10 +83,8 @@ class RedisIdempotency:
         while True:
             raw = await self._client.get(done)
             if raw is not None:
-                self._down = False
                 return (json.loads(raw),)
             if await self._client.set(marker, token, nx=True, px=int(LEASE * 1000)):
-                self._down = False
                 return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL[1])
@@ -101,13 +101,7 @@ class RedisIdempotency:
         try:
             await command
         except (RedisError, OSError) as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._down:
-            _log.warning("idempotency store unavailable (%s): calls are not deduplicated "
-                         "across processes until it is back", exc)
-        self._down = True
+            self.outage.failed(exc)
 
     async def aclose(self) -> None:
         if self._owned:

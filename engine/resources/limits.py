@@ -13,7 +13,9 @@ so a request rejected by the IP limit does not spend the user's token. With Redi
 Lua script that reads Redis's own clock (`TIME`): replicas whose clocks disagree still share
 one budget exactly.
 
-When Redis fails, `RateLimitStoreError` is raised and the caller chooses. The recommended
+When Redis fails, `RateLimitStoreError` is raised and the caller chooses; for a few seconds
+after, it is raised at once without asking Redis, and the outage is logged once
+(`engine.resources.redis.Outage`), so callers need not log it. The recommended
 policy for the guard stage is fail-open *to a local `MemoryRateLimiter`* with the same rates
 (and a logged warning): an outage of the limiter's store should not take the whole service
 down, and per-process buckets still bound abuse (to the limit times the number of replicas).
@@ -200,16 +202,19 @@ class RedisRateLimiter(_Limiter):
 
     def __init__(self, client: str | Redis, *, prefix: str = "engine:ratelimit:",
                  timeout: float = 1.0) -> None:
-        from engine.resources.redis import connect
+        from engine.resources.redis import Outage, connect
 
         self._client, self._owned = connect(client, timeout)
         self.prefix = prefix
         self._sha: str | None = None
+        self.outage = Outage("rate-limit store", "callers fall back to their local buckets")
 
     async def acquire_all(self, limits: Sequence[Limit]) -> Decision:
         from redis.exceptions import NoScriptError, RedisError
 
         keys = [self.prefix + lim.key for lim in _checked(limits)]
+        if not self.outage.available():
+            raise RateLimitStoreError("rate-limit store unavailable (cooling down)")
         args: list[float | int] = []
         for lim in limits:
             args += [lim.rate.interval * 1e6, lim.rate.per_seconds * 1e6, lim.cost]
@@ -222,9 +227,11 @@ class RedisRateLimiter(_Limiter):
                 self._sha = None
                 reply = await self._client.eval(_SCRIPT, len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
+            self.outage.failed(exc)
             raise RateLimitStoreError(
                 f"rate-limit store unavailable: {type(exc).__name__}: {exc}"
             ) from exc
+        self.outage.recovered()
         allowed, remaining, retry_us, index = (int(x) for x in reply)
         if allowed:
             return Decision(True, remaining, 0.0)

@@ -21,9 +21,10 @@ rather than never. Taking a slot is one script (drop expired leases, count, add)
 that finds the set full polls at a few milliseconds with jitter — Redis offers no fair
 blocking wait on a sorted set, and a list of tokens (BLPOP) would lose slots to crashes.
 
-When Redis fails, the call goes on without the shared limit, with a logged warning: the
-provider's own 429s and the pyramid's backoff still bound it, and an outage of the shared
-store must not take every model down with it.
+When Redis fails, the call goes on without the shared limit (the store logs the outage once
+and leaves Redis alone for a few seconds: `engine.resources.redis.Outage`): the provider's
+own 429s and the pyramid's backoff still bound it, and an outage of the shared store must not
+take every model down with it.
 """
 
 from __future__ import annotations
@@ -140,18 +141,22 @@ class RedisSlots:
     def __init__(self, client: str | Redis, *, prefix: str = "engine:inflight:",
                  timeout: float = 1.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None) -> None:
-        from engine.resources.redis import connect
+        from engine.resources.redis import Outage, connect
 
         self._client, self._owned = connect(client, timeout)
         self._script = self._client.register_script(_TAKE)
+        self.outage = Outage("provider slots", "models are called without their shared "
+                             "concurrency limit")
         self.prefix = prefix
         self._sleep = sleep
         self._rng = rng or random.Random()
 
     async def take(self, key: str, limit: int, wait: float, hold: float) -> Lease | None:
-        """Raises `RateLimitStoreError` when Redis fails."""
+        """Raises `RateLimitStoreError` when Redis fails (or failed a moment ago)."""
         from redis.exceptions import RedisError
 
+        if not self.outage.available():
+            raise RateLimitStoreError("provider slots unavailable (cooling down)")
         name, member = self.prefix + key, secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         give_up, pause = loop.time() + wait, POLL[0]
@@ -164,7 +169,9 @@ class RedisSlots:
                 await self._sleep(min(left, pause * (0.5 + self._rng.random())))
                 pause = min(pause * 2, POLL[1])
         except (RedisError, OSError) as exc:
+            self.outage.failed(exc)
             raise RateLimitStoreError(f"provider slots unavailable: {exc}") from exc
+        self.outage.recovered()
         return _RedisLease(self._client, name, member)
 
     async def aclose(self) -> None:
@@ -205,8 +212,7 @@ class ProviderLimits:
     async def _slot(self, model: str, limit: int, wait: float, hold: float) -> Lease | None:
         try:
             return await self.slots.take(model, limit, max(0.0, wait), hold)
-        except RateLimitStoreError as exc:
-            _log.warning("%s: calling %s without its shared concurrency limit", exc, model)
+        except RateLimitStoreError:  # the store logged it: call without the shared limit
             return FREE
 
     async def _token(self, model: str, limits: TierLimits, give_up: float) -> bool:
@@ -214,8 +220,7 @@ class ProviderLimits:
         while True:
             try:
                 decision = await self.rates.acquire(f"provider:{model}", limits.rate)
-            except RateLimitStoreError as exc:
-                _log.warning("%s: calling %s without its shared rate limit", exc, model)
+            except RateLimitStoreError:  # the store logged it: call without the shared rate
                 return True
             if decision.allowed:
                 return True

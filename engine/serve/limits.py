@@ -81,8 +81,7 @@ class RateLimits:
     async def _acquire(self, limits: list[Limit]) -> Decision:
         try:
             return await self.resources.rate_limiter(self.resources.redis_url).acquire_all(limits)
-        except RateLimitStoreError as exc:
-            _log.warning("rate-limit store unavailable, local buckets used: %s", exc)
+        except RateLimitStoreError:  # the limiter logged the outage once: local buckets
             return await self.resources.rate_limiter(None).acquire_all(limits)
 
 

@@ -242,3 +242,41 @@ async def test_resources_with_redis_share_memory_caches_and_breakers(redis_url: 
     assert type(alone.cache("responses", cache)).__name__ == "MemoryCache"
     for res in (one, two, alone):
         await res.aclose()
+
+
+async def test_a_failing_store_is_left_alone_for_its_cooldown_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from engine.resources.redis import Outage
+
+    now = [100.0]
+    outage = Outage("breaker store", "each process keeps its own", cooldown=5.0,
+                    clock=lambda: now[0])
+    assert outage.available()
+    with caplog.at_level("WARNING"):
+        outage.failed(ConnectionError("refused"), "get")
+        now[0] += 4.9
+        assert not outage.available()  # callers take their local path without asking Redis
+        outage.failed(ConnectionError("refused again"))
+        now[0] += 5.0
+        assert outage.available()
+        outage.recovered()
+        outage.recovered()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["breaker store unavailable (get: ConnectionError: refused): each process "
+                    "keeps its own; retrying every 5.0 s", "breaker store is back"]
+
+
+async def test_a_hung_redis_costs_the_breaker_one_timeout_not_one_per_call() -> None:
+    import socket
+
+    with socket.socket() as hung:  # accepts connections, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        store = RedisBreakerStore(f"redis://127.0.0.1:{hung.getsockname()[1]}/0",
+                                  timeout=0.3)
+        breaker = CircuitBreaker("m", SPEC, store=store, clock=time.time)
+        started = time.monotonic()
+        await fail(breaker, 4)  # 4 calls: 8 loads and saves, each under the lock
+        assert time.monotonic() - started < 2.0  # one timeout (and its retry), then local
+        assert breaker.state == "open"
+        await store.aclose()
