@@ -11,7 +11,6 @@ is a compile error, not a run that silently serves defaults.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from openfeature.provider import AbstractProvider, FeatureProvider
 from engine.errors import Diagnostic, SpecError
 from engine.flags.client import PipelineFlags
 from engine.flags.file_provider import FileProvider
+from engine.refs import import_ref
 from engine.spec import LoadedSpec
 from engine.spec.models import FlagsSpec
 from engine.spec.validation import closest
@@ -99,8 +99,7 @@ def _provider(spec: FlagsSpec, loaded: LoadedSpec, errors: list[Diagnostic]
 def _built(ref: str, options: Mapping[str, object]) -> AbstractProvider:
     """`Name(**options)`: a provider class (flagd's) or a factory — LaunchDarkly's provider
     wants a client object, which a three-line function of the user's can make."""
-    module, _, name = ref.partition(":")
-    provider = getattr(importlib.import_module(module), name)(**options)
+    provider = import_ref(ref)(**options)
     if not isinstance(provider, AbstractProvider):
         raise TypeError(f"{ref} made a {type(provider).__name__}, not an OpenFeature "
                         "provider (openfeature.provider.AbstractProvider)")

@@ -9,7 +9,6 @@ re-ask. The JSON Schema validator (or the Pydantic model) is built once, never p
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ValidationError
 
 from engine.providers.structured import parse_json
+from engine.refs import import_ref
 
 __all__ = ["OutputSchema", "Reading"]
 
@@ -112,11 +112,7 @@ def _where(path: Any) -> str:
 
 
 def _import_model(ref: str) -> type[BaseModel]:
-    module_name, _, attribute = ref.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {ref}: {exc}") from None
+    target = import_ref(ref)
     if not (isinstance(target, type) and issubclass(target, BaseModel)):
         raise ValueError(f"{ref} is not a Pydantic model")
     return target
