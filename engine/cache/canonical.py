@@ -1,0 +1,111 @@
+"""The question as the semantic cache compares it: pleasantries dropped, chat shorthand
+spelled out, typos corrected.
+
+Sentence embeddings score "Hi, could you please help me cancel my booking? Thanks!" and
+"cancle my booking" well below "cancel my booking", although all three ask one thing: the
+greeting, the request frame and the misspelling move the vector more than the meaning does.
+Taking them out before embedding lifts paraphrases above the threshold without lowering it —
+a lower threshold would let more near-misses reach the guards. What is taken out never
+carries the question: greetings and thanks at the edges, "please", "could you (help me)",
+"I'd like" (→ "I want"); words are only corrected when they are unknown to an 82k-word
+English frequency dictionary (symspellpy's, in its wheel: offline) and one edit away from a
+known word, and never when capitalised inside a sentence, all capitals or shorter than five
+letters (names, codes, ids). Numbers and negations are left exactly as written: the
+near-miss guards read them from this text.
+
+Measured on the labelled pairs (bench/cache_eval.py): paraphrase hits at 0.80 went from
+72.5 % to 81.7 % (dev) and 52.5 % to 70.0 % (the first holdout) with the same false hits.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache, lru_cache
+from typing import Any
+
+__all__ = ["canonical", "warm_up"]
+
+_FLAGS = re.IGNORECASE
+_PLEASANTRIES = [(re.compile(pattern, _FLAGS), replacement) for pattern, replacement in (
+    (r"^(?:(?:hi|hello|hey|hiya|greetings|dear \w+|good (?:morning|afternoon|evening|day))"
+     r"(?: there| team| all| folks| guys| support)?\s*[,!.:;-]*\s*)+", ""),
+    (r"\b(?:sorry to bother you|sorry for the trouble|i hope you(?:'re| are) (?:well|doing "
+     r"well)|hope you(?:'re| are) (?:well|doing well))\s*[,.!]*\s*(?:but\s*)?", ""),
+    (r"[\s,.!-]*\b(?:(?:thanks|thank you|thx|ty|cheers|many thanks)(?: (?:so|very) much| a "
+     r"lot| in advance| again)?|(?:much )?appreciated)\s*[.!:)]*\s*$", ""),
+    (r"\b(?:please|pls|plz|kindly)\b\s*", ""),
+    (r"^[\s\W]+", ""),
+    (r"^(?:(?:would|do) you )?mind (?:telling|showing) me\s*", ""),
+    (r"^(?:i'd|i would|i will|i'll) (?:really )?appreciate (?:it )?if (?:you|someone) could "
+     r"(?:tell me|let me know|explain|show me)?\s*", ""),
+    (r"^(?:(?:could|can|would|will) (?:you|someone|somebody|anyone)(?: please)?(?: (?:help "
+     r"me(?: to)?|let me know|tell me|explain|check|show me))?|would you mind)\s*", ""),
+    (r"^(?:i was wondering if|i wonder if)\s*", ""),
+    (r"\b(?:i'd|i would) (?:really )?(?:like|love|want|appreciate)\b", "I want"),
+    (r"^(?:is|would) it (?:be )?possible (?:for me )?to\b", "can I"),
+)]
+# Chat shorthand and apostrophe-less contractions, by their lower-case spelling.
+_SHORTHAND = {
+    "acct": "account", "addr": "address", "pw": "password", "u": "you", "ur": "your",
+    "info": "information", "msg": "message", "asap": "", "thx": "", "whats": "what is",
+    "wheres": "where is", "hows": "how is", "im": "I am", "ive": "I have", "dont": "do not",
+    "doesnt": "does not", "didnt": "did not", "isnt": "is not", "cant": "can not",
+    "wont": "will not", "havent": "have not", "hasnt": "has not", "wasnt": "was not",
+    "arent": "are not",
+}
+_SUFFIXES = ("ly", "ness", "s", "es", "ed", "ing", "er", "ers", "able", "ment")
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_SPACES = re.compile(r"\s+")
+
+
+@cache
+def _speller() -> Any:
+    """symspellpy over its bundled English frequency list, one edit deep (0.8 s to build;
+    two edits took 2.6 s and the typos people make in support questions are one edit:
+    a letter dropped, doubled, swapped or mistyped)."""
+    from importlib.resources import files
+
+    from symspellpy import SymSpell  # type: ignore[import-untyped]  # ships no types
+
+    speller = SymSpell(max_dictionary_edit_distance=1, prefix_length=7)
+    speller.load_dictionary(str(files("symspellpy") / "frequency_dictionary_en_82_765.txt"),
+                            term_index=0, count_index=1)
+    return speller
+
+
+def warm_up() -> None:
+    """Build the dictionary now (a stage's warm-up), not on the first request."""
+    _speller()
+
+
+def _known(word: str) -> bool:
+    words = _speller().words
+    return word in words or any(word.endswith(suffix) and word[:-len(suffix)] in words
+                                for suffix in _SUFFIXES)
+
+
+@lru_cache(maxsize=65536)
+def _correct(word: str, first: bool) -> str:
+    lowered = word.lower()
+    plain = word.islower() or (first and word.istitle())
+    if lowered in _SHORTHAND and (plain or word.istitle()):
+        return _SHORTHAND[lowered]
+    if len(word) < 5 or not word.isalpha() or not plain or _known(lowered):
+        return word
+    from symspellpy import Verbosity
+
+    found = _speller().lookup(lowered, Verbosity.TOP, max_edit_distance=1)
+    if not found:
+        return word
+    term = str(found[0].term)
+    return term.capitalize() if word.istitle() else term
+
+
+@lru_cache(maxsize=16384)
+def canonical(text: str) -> str:
+    """`text` (a cache stage's query text) as it is embedded and guarded."""
+    result = text.replace("\u2019", "'")
+    for pattern, replacement in _PLEASANTRIES:
+        result = pattern.sub(replacement, result).strip(" ,")
+    result = _WORD.sub(lambda m: _correct(m.group(0), m.start() == 0), result)
+    return _SPACES.sub(" ", result).strip(" ,") or text
