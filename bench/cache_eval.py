@@ -2,14 +2,26 @@
 
 For each pair in tests/data/cache/pairs.jsonl the cached query is `a` and the new query `b`:
 a "hit" pair should be served from the cache (cosine ≥ threshold and no near-miss guard
-fires), a "miss" pair must not be. Prints, for thresholds 0.70 to 0.97 (the issue asks for
-0.85 to 0.97; lower ones show what the guards allow), the paraphrase hit rate and the false-hit
-rate with and without the guards, per split ("dev": the pairs the guards were developed
-against; "holdout": written afterwards and evaluated once, untouched — the honest figure),
-then the guard's refusals of true paraphrases, the near-misses that got through, the
-per-kind breakdown at the recommended threshold, and the guard's latency.
+fires), a "miss" pair must not be. Both are compared as the cache stage compares them: their
+canonical forms (engine/cache/canonical.py). Prints, for thresholds 0.70 to 0.97 (the issue
+asks for 0.85 to 0.97; lower ones show what the guards allow), the paraphrase hit rate and
+the false-hit rate with and without the guards, per split, then the guard's refusals of true
+paraphrases, the near-misses that got through, the per-kind breakdown at the stage's
+default threshold, and the guard's latency.
 
-    .venv/bin/python bench/cache_eval.py [--threshold 0.80] [--split all|dev|holdout]
+The splits, and how much each figure can be trusted:
+- "dev" (321 pairs): the pairs the guards were developed against.
+- "holdout" (84): written after the first guards by the same hands, evaluated once
+  (52.5 % hits / 6.8 % false hits at 0.80), then developed against.
+- "holdout2" (296) and "holdout3" (300): written by helpers that saw neither the rules nor
+  the other pairs. holdout2's first look (before canonical forms and the rules for
+  directions, tiers, persons): 38.0 % / 20.0 % at 0.80; it was then developed against.
+  holdout3's first look, with everything but the prefix-negation and time rules: 58.0 % /
+  12.7 % at 0.80 (the old code: 49.3 % / 23.3 %) — the honest figure of this version;
+  those two rules were added after it. A new independent split is needed for the next
+  honest figure.
+
+    .venv/bin/python bench/cache_eval.py [--threshold 0.80] [--split all|dev|holdout|...]
 """
 
 from __future__ import annotations
@@ -24,12 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.cache.canonical import canonical
 from engine.cache.near_miss import features, near_miss
 from engine.resources.embeddings import Embedder
 
 PAIRS = Path(__file__).resolve().parent.parent / "tests" / "data" / "cache" / "pairs.jsonl"
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97)
-RECOMMENDED = 0.80
+RECOMMENDED = 0.80  # the cache stage's default threshold
+SPLITS = ("dev", "holdout", "holdout2", "holdout3")
 
 
 def load() -> list[dict[str, Any]]:
@@ -37,10 +51,11 @@ def load() -> list[dict[str, Any]]:
 
 
 async def score(rows: list[dict[str, Any]]) -> None:
-    """Add each pair's cosine similarity and the guard's verdict to the rows."""
+    """Add each pair's cosine similarity and the guard's verdict to the rows: of the
+    canonical forms, as the cache stage embeds and guards them."""
     embedder = Embedder()
-    first = await embedder.embed([row["a"] for row in rows])
-    second = await embedder.embed([row["b"] for row in rows])
+    first = await embedder.embed([canonical(row["a"]) for row in rows])
+    second = await embedder.embed([canonical(row["b"]) for row in rows])
     for row, similarity in zip(rows, (first * second).sum(axis=1).tolist(), strict=True):
         row["sim"] = similarity
         row["reason"] = near_miss(row["b"], row["a"])
@@ -88,6 +103,7 @@ def latency(rows: list[dict[str, Any]]) -> None:
     """µs per near_miss call: cold (features extracted) and warm (cached features)."""
     texts = [(r["b"], r["a"]) for r in rows]
     features.cache_clear()
+    canonical.cache_clear()
     start = time.perf_counter()
     for query, cached in texts:
         near_miss(query, cached)
@@ -104,11 +120,11 @@ def latency(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threshold", type=float, default=RECOMMENDED)
-    parser.add_argument("--split", default="all", choices=["all", "dev", "holdout"])
+    parser.add_argument("--split", default="all", choices=["all", *SPLITS])
     args = parser.parse_args()
     rows = load()
     asyncio.run(score(rows))
-    for split in ("dev", "holdout"):
+    for split in SPLITS:
         if args.split in (split, "all"):
             table([r for r in rows if r["split"] == split], split)
     if args.split == "all":

@@ -42,6 +42,8 @@ from difflib import SequenceMatcher
 from functools import lru_cache
 from typing import NamedTuple
 
+from engine.cache.canonical import canonical
+
 __all__ = ["Features", "features", "near_miss"]
 
 # "canonical: synonyms;" (phrases allowed). A word maps to ONE concept.
@@ -91,6 +93,22 @@ size: size, sizes; color: color, colour; usd: usd, dollar, dollars, bucks;
 eur: eur, euro, euros; gbp: gbp, pound, pounds;
 yearly: yearly, annually, annual, per year, a year;
 monthly: monthly, per month, a month, each month; evening: evening, tonight;
+night: night, overnight; working: working, works, work, functioning;
+checkin: check in, check-in, checkin, checked in, checking in;
+checkout: check out, check-out, checkout, checked out, checking out;
+join: join, joined, joining, sign up, signup, enroll, enrol; leave: leave, leaving, quit;
+extend: extend, extended, extension, lengthen; shorten: shorten, shortened, cut short;
+buy: buy, buying, bought; sell: sell, selling, sold; deposit: deposit, deposited, deposits;
+upload: upload, uploaded, uploading; transfer: transfer, send, sent, sending;
+receive: receive, received, receiving, get back, arrive, arrival, arrived, arrives, arriving;
+start: start, begin, started; end: end, finish, ended;
+depart: depart, departure, departed, departs, departing; accept: accept, accepted, accepts;
+show: show, unhide; hide: hide, hidden; earn: earn, earned, earning;
+redeem: redeem, redeemed, redeeming, spend, spent, use up; include: include, included, includes;
+exclude: exclude, excluded, excludes; mute: mute, muted, silence; resume: resume, unpause;
+incoming: incoming, inbound; outgoing: outgoing, outbound; make: make, making, made;
+pickup: pickup, pick up, pick-up, collect, collection; dropoff: drop off, drop-off, dropoff;
+open: open, opening, opened; last_year: last year; this_year: this year; next_year: next year;
 last_week: last week; this_week: this week; next_week: next week; last_month: last month;
 this_month: this month; next_month: next month; headphones: headphones, earbuds;
 espresso: espresso machine, espresso; grinder: grinder, coffee grinder;
@@ -98,19 +116,24 @@ espresso: espresso machine, espresso; grinder: grinder, coffee grinder;
 # Words that are their own concept (time words, tiers, sizes, colours, products).
 _SELF = """
 pin address reorder contract statement points hold downgrade share merge twofactor install
-download extend claim archive export import freeze revoke transfer reset missing warranty
+download claim archive export import freeze revoke reset missing warranty
 storage language currency contacts data review stock signature express today tomorrow yesterday
 morning afternoon monday tuesday wednesday thursday friday saturday sunday small medium large
-red blue green black white free basic pro premium business personal enterprise starter family
-charger laptop screen battery
+red blue green black white charger laptop screen battery router modem tablet gb tb mb mbps gbps
+kg lb lbs km miles weekday weekend winter summer autumn fall spring
 """
+# Tiers and editions: naming one on one side only is another product ("Premium" vs "Premium
+# Family", "economy" vs "basic economy"), not an elaboration.
+_TIERS = frozenset((
+    "free", "basic", "pro", "premium", "business", "personal", "enterprise", "starter", "family",
+    "plus", "lite", "mini", "ultra", "student", "economy", "deluxe", "gold", "silver", "platinum"))
 # "may" is left to the entity check: "May I ..." is no month.
 _MONTHS = ("january", "february", "march", "april", "june", "july", "august", "september",
            "october", "november", "december")
 
 
 def _parse() -> tuple[dict[str, str], re.Pattern[str]]:
-    words: dict[str, str] = {w: w for w in (*_MONTHS, *_SELF.split())}
+    words: dict[str, str] = {w: w for w in (*_MONTHS, *_SELF.split(), *_TIERS)}
     phrases: dict[str, str] = {}
     for entry in filter(None, (e.strip() for e in _VOCAB.split(";"))):
         canonical, _, synonyms = entry.partition(":")
@@ -130,6 +153,7 @@ _NUMBER_WORDS = {
     "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30,
     "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
     "hundred": 100, "thousand": 1000, "twice": 2, "thrice": 3, "both": 2, "dozen": 12,
+    "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "tenth": 10,
 }
 _NEGATIONS = frozenset(
     ("not", "no", "never", "without", "nothing", "none", "nobody", "nor", "neither"))
@@ -141,7 +165,14 @@ _REWRITES = [
     (re.compile(r"\b(do|does|did|is|was|are|were|have|has|had|could|should|would|must|need)"
                 r"(?:n't|nt)\b"), r"\1 not"),
     (re.compile(r"n't\b"), " not"),
+    (re.compile(r"\b(?:(?:is|are|was|were|does|do|did) )?not (?:work|working|functioning)\b"),
+     "broken"),
     (re.compile(r"\bno\.?\s*(?=#?\d)|#(?=\w)"), " "),
+    (re.compile(r"\bnon-?(?=[a-z])"), "not "),
+    (re.compile(r"\b(how|want|need|going|have|got) 2\b"), r"\1 to"),  # chat: "how 2 pay"
+    (re.compile(r"([a-z])-(?=\d)"), r"\1 "),  # "CLM-20931" == "clm 20931"
+    (re.compile(r"(\d)[.:](\d\d) ?(am|pm)\b"), r"\1:\2\3"),  # "10.30am" == "10:30 AM"
+    (re.compile(r"(\d)(?!(?:st|nd|rd|th|x|am|pm)\b)([a-z]{2,})\b"), r"\1 \2"),  # "100Mbps"
     (re.compile(r"\bout of stock\b"), "not in stock"),
     (re.compile(r"\b(no longer|unable)\b"), "not able"),
     (re.compile(r"\bstop(?:ped|ping|s)? (\w+ing)\b"), r"not \1"),
@@ -157,18 +188,25 @@ _REWRITES = [
     (re.compile(r"(\d)\s*(am|pm)\b"), r"\1\2"),
     (re.compile(r"(\d),(?=\d{3}\b)"), r"\1"),
 ]
+_ROLE = re.compile(r"\b(from|to|into|onto)\s+(?:(?:my|the|your|our|a|an|this|that)\s+)?"
+                   r"([a-z0-9§_]+)")
 _TOKEN = re.compile(r"[a-z0-9§_]+(?:[./:'-][a-z0-9]+)*")
 _ENTITY = re.compile(r"[A-Za-z][A-Za-z0-9'&-]*|[.!?]+")
 _NOT_ENTITIES = frozenset(["i", "i'm", "i've", "i'd", "i'll", "usd", "eur", "gbp", "ok", "okay"])
 
 
 class Features(NamedTuple):
-    """What a text commits to: numbers, negation count, concepts, named entities."""
+    """What a text commits to: numbers, negation count, concepts, named entities, and which
+    way things move ("from" or "to" what)."""
 
     numbers: tuple[str, ...]
     negations: int
     concepts: frozenset[str]
     entities: frozenset[str]
+    roles: frozenset[tuple[str, str]]
+    persons: tuple[bool, bool]
+    words: frozenset[str]
+    deixis: frozenset[tuple[str, str]]
 
 
 def _number(token: str) -> str:
@@ -233,32 +271,111 @@ def features(text: str) -> Features:
         elif (concept := _concept(token)) is not None:
             concepts.add(concept)
         tens = 0
-    return Features(tuple(numbers), negations, frozenset(concepts), _entities(text))
+    return Features(tuple(numbers), negations, frozenset(concepts), _entities(text),
+                    _roles(lowered), _persons(lowered), frozenset(_TOKEN.findall(lowered)),
+                    frozenset(_DEIXIS.findall(lowered)))
 
 
-def _both_sides_differ(a: frozenset[str], b: frozenset[str]) -> bool:
-    """True when each side names something the other lacks (elaboration is allowed)."""
-    return bool(a - b) and bool(b - a)
+def _roles(lowered: str) -> frozenset[tuple[str, str]]:
+    """("from", word) and ("to", word) for what follows from / to / into: "move $300 from
+    checking to savings" and "port my number away from you" commit to a direction."""
+    return frozenset(("from" if way == "from" else "to", _concept(word) or word)
+                     for way, word in _ROLE.findall(lowered))
+
+
+def _persons(lowered: str) -> tuple[bool, bool]:
+    """Whether the asker is a subject ("I hit another car") and an object ("another car hit
+    me") — except as the one told, shown or sent something, which paraphrases swap freely
+    ("give me a refund" / "can I get a refund")."""
+    objects = (word for word in _ME.findall(lowered) if word not in _RECIPIENT_VERBS)
+    return bool(_I.search(lowered)), any(True for _ in objects)
+
+
+_I = re.compile(r"\bi\b")
+_ME = re.compile(r"\b([a-z]+) me\b")
+_RECIPIENT_VERBS = frozenset([
+    "tell", "telling", "told", "let", "show", "showing", "showed", "give", "giving", "gave",
+    "send", "sending", "sent", "email", "text", "call", "help", "helping", "mind", "remind",
+    "get", "got", "for", "to"])
+_DEIXIS = re.compile(r"\b(this|next|last|previous|coming|following|past)\s+(\w+)")
+_NEGATING_PREFIXES = ("un", "in", "im", "ir", "il", "dis", "ab", "non", "non-", "mis")
+_OTHER_WAY = {"from": "to", "to": "from"}
+
+# -- the checks, in order: each returns why the two differ, or None -------------------------
+
+
+def _numbers(q: Features, c: Features) -> str | None:
+    if q.numbers == c.numbers:
+        return None
+    kind = "order" if sorted(q.numbers) == sorted(c.numbers) else "numbers"
+    return f"{kind} differ: {list(q.numbers)} vs {list(c.numbers)}"
+
+
+def _negations(q: Features, c: Features) -> str | None:
+    return f"negation differs: {q.negations} vs {c.negations}" \
+        if q.negations != c.negations else None
+
+
+def _prefix_negated(q: Features, c: Features) -> str | None:
+    """A word on one side only that is the other side's word with a negating prefix:
+    "eligible" / "ineligible", "furnished" / "unfurnished", "normal" / "abnormal"."""
+    only_q, only_c = q.words - c.words, c.words - q.words
+    for words, others in ((only_q, only_c), (only_c, only_q)):
+        for word in words:
+            for prefix in _NEGATING_PREFIXES:
+                stem = word[len(prefix):]
+                if word.startswith(prefix) and len(stem) >= 4 and stem in others:
+                    return f"negation differs: {stem} / {word}"
+    return None
+
+
+def _deixis(q: Features, c: Features) -> str | None:
+    """A noun both sides pin to another time: "this Saturday" / "next Saturday"."""
+    moved = sorted(f"{a} {noun} / {b} {noun}" for a, noun in q.deixis for b, other in c.deixis
+                   if noun == other and a != b)
+    return f"time differs: {moved[0]}" if moved else None
+
+
+def _direction(q: Features, c: Features) -> str | None:
+    swapped = sorted(word for way, word in q.roles
+                     if (way, word) not in c.roles and (_OTHER_WAY[way], word) in c.roles)
+    return f"direction differs: from/to {swapped}" if swapped else None
+
+
+def _persons_swapped(q: Features, c: Features) -> str | None:
+    if q.persons[1] != c.persons[1] and (q.persons[0] or c.persons[0]):
+        return "who does what to whom differs (I ... / ... me)"
+    return None
+
+
+def _tiers(q: Features, c: Features) -> str | None:
+    tiers = sorted((q.concepts ^ c.concepts) & _TIERS)
+    return f"tier differs: {tiers}" if tiers else None
+
+
+def _entities_differ(q: Features, c: Features) -> str | None:
+    """Each side names an entity the other lacks (elaboration is allowed), typos forgiven."""
+    only_q = [e for e in q.entities - c.entities if not _similar(e, c.entities)]
+    only_c = [e for e in c.entities - q.entities if not _similar(e, q.entities)]
+    return f"entities differ: {sorted(only_q)} vs {sorted(only_c)}" if only_q and only_c else None
+
+
+def _concepts_differ(q: Features, c: Features) -> str | None:
+    """Each side names a concept the other lacks (elaboration is allowed)."""
+    only_q, only_c = q.concepts - c.concepts, c.concepts - q.concepts
+    return f"concepts differ: {sorted(only_q)} vs {sorted(only_c)}" if only_q and only_c else None
 
 
 def _similar(word: str, others: frozenset[str]) -> bool:
     return any(SequenceMatcher(None, word, other).ratio() >= 0.8 for other in others)
 
 
+_CHECKS = (_numbers, _negations, _prefix_negated, _deixis, _direction, _persons_swapped, _tiers,
+           _entities_differ, _concepts_differ)
+
+
 def near_miss(query: str, cached: str) -> str | None:
-    """None when the cached query's answer may be served for `query`, else a short reason."""
-    q, c = features(query), features(cached)
-    if q.numbers != c.numbers:
-        kind = "order" if sorted(q.numbers) == sorted(c.numbers) else "numbers"
-        return f"{kind} differ: {list(q.numbers)} vs {list(c.numbers)}"
-    if q.negations != c.negations:
-        return f"negation differs: {q.negations} vs {c.negations}"
-    if _both_sides_differ(q.entities, c.entities):
-        only_q = frozenset(e for e in q.entities - c.entities if not _similar(e, c.entities))
-        only_c = frozenset(e for e in c.entities - q.entities if not _similar(e, q.entities))
-        if only_q and only_c:
-            return f"entities differ: {sorted(only_q)} vs {sorted(only_c)}"
-    if _both_sides_differ(q.concepts, c.concepts):
-        return (f"concepts differ: {sorted(q.concepts - c.concepts)} vs "
-                f"{sorted(c.concepts - q.concepts)}")
-    return None
+    """None when the cached query's answer may be served for `query`, else a short reason.
+    Both are read in their canonical form, as they were embedded."""
+    q, c = features(canonical(query)), features(canonical(cached))
+    return next((reason for check in _CHECKS if (reason := check(q, c)) is not None), None)
