@@ -81,6 +81,10 @@ class GoldenFile(pytest.File):
         from engine.errors import SpecError
         from engine.quality.judge import Judge
 
+        concurrency = str(self.config.getini("golden_concurrency")).strip()
+        if not concurrency.isdigit() or int(concurrency) < 1:
+            return (f"golden_concurrency = {concurrency!r} in the pytest ini options: expected "
+                    "a whole number of cases in flight, at least 1")
         pipeline_file = self.dataset.pipeline or self._ini_pipeline()
         if pipeline_file is None:
             return (f"{self.path} names no pipeline: add `pipeline:` to its header, or "
@@ -93,8 +97,7 @@ class GoldenFile(pytest.File):
         problems = judge.problems(self.dataset)
         if problems:
             return "\n".join(problems)
-        concurrency = int(self.config.getini("golden_concurrency"))
-        return asyncio.run(_run_all(pipeline, self.dataset, judge, concurrency))
+        return asyncio.run(_run_all(pipeline, self.dataset, judge, int(concurrency)))
 
     def _ini_pipeline(self) -> Path | None:
         value = self.config.getini("golden_pipeline")

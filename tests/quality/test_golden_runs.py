@@ -98,22 +98,35 @@ output: "{{ stages.greet.output }}"
 """
 
 
-def test_the_pytest_plugin_runs_each_case_as_a_test(tmp_path: Path) -> None:
+def run_plugin(tmp_path: Path, ini: str) -> subprocess.CompletedProcess[str]:
+    """pytest with the golden plugin on a folder holding the greeter and its two cases."""
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "greeter.yaml").write_text(PLUGIN_PIPELINE)
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\ngolden_pipeline = "pipelines/greeter.yaml"\n')
+        '[tool.pytest.ini_options]\ngolden_pipeline = "pipelines/greeter.yaml"\n' + ini)
     (tmp_path / "golden_greeter.yaml").write_text("""\
 - {name: ada, input: {name: Ada}, expect: [{path: output, equals: "Hello, Ada!"}]}
 - {name: bob, input: {name: Bob}, expect: [{path: output, regex: "^Bye"}]}
 """)
     (tmp_path / "other.yaml").write_text("not: a golden file\n")
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "engine.quality.pytest_plugin", "-q",
          "-p", "no:cacheprovider", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_pytest_plugin_runs_each_case_as_a_test(tmp_path: Path) -> None:
+    done = run_plugin(tmp_path, "")
     assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
     assert "golden case 'bob' failed:" in done.stdout
     assert 'output regex "^Bye": got "Hello, Bob!" (line 2)' in done.stdout
+    assert done.returncode == 1
+
+
+def test_a_bad_golden_concurrency_is_one_clear_error(tmp_path: Path) -> None:
+    done = run_plugin(tmp_path, 'golden_concurrency = "eight"\n')
+    assert "golden_concurrency = 'eight' in the pytest ini options: expected a whole number" \
+        in done.stdout, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
     assert done.returncode == 1
