@@ -185,7 +185,7 @@ class _Batches:
         self.spans = _Spans(_resource())
         self.failures = Failures(logger, "tracing")
         self.waiting: deque[_Run] = deque(maxlen=MAX_WAITING)
-        self.dropped = 0
+        self.dropped = self.reported = 0  # each written by one thread: no lost counts
         self.exporting = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
@@ -247,9 +247,11 @@ class _Batches:
             return []
 
     def _report_dropped(self) -> None:
-        if self.dropped:
-            dropped, self.dropped = self.dropped, 0
-            logger.warning("tracing: the exporter fell behind; %d runs' spans dropped", dropped)
+        dropped = self.dropped  # add() counts on the loop's thread; this runs on the worker
+        if dropped > self.reported:
+            logger.warning("tracing: the exporter fell behind; %d runs' spans dropped",
+                           dropped - self.reported)
+            self.reported = dropped
 
 
 class _Spans:
