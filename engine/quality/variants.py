@@ -57,10 +57,15 @@ def variant_of(record: Mapping[str, Any]) -> str | None:
     return taken[0][1] if taken else None
 
 
-def read_feedback(folder: Path) -> dict[str, float]:
-    """Trace id → its latest score, from `engine serve`'s feedback files in `folder`
-    (`engine.serve.feedback` describes the lines); other lines are skipped."""
-    latest: dict[str, tuple[float, float]] = {}
+Feedback = dict[tuple[str, str | None], float]
+"""(trace id, tenant) → the latest score that tenant gave the answer."""
+
+
+def read_feedback(folder: Path) -> Feedback:
+    """The latest score per answer and tenant, from `engine serve`'s feedback files in
+    `folder` (`engine.serve.feedback` describes the lines); other lines are skipped. Keyed
+    by tenant too: a score sent with another tenant's key never counts for a run."""
+    latest: dict[tuple[str, str | None], tuple[float, float]] = {}
     for file in sorted(folder.glob("*.jsonl")):
         for raw in file.read_bytes().splitlines():
             line = parse_line(raw)
@@ -69,10 +74,11 @@ def read_feedback(folder: Path) -> dict[str, float]:
             trace, score, when = line.get("trace_id"), line.get("score"), line.get("time")
             if not isinstance(trace, str) or not isinstance(score, int | float):
                 continue
+            key = (trace, line.get("tenant"))
             when = float(when) if isinstance(when, int | float) else 0.0
-            if trace not in latest or when >= latest[trace][0]:
-                latest[trace] = (when, float(score))
-    return {trace: score for trace, (_, score) in latest.items()}
+            if key not in latest or when >= latest[key][0]:
+                latest[key] = (when, float(score))
+    return {key: score for key, (_, score) in latest.items()}
 
 
 @dataclass
@@ -153,7 +159,7 @@ class VariantReport:
                 "verdicts": self.verdicts(), "warnings": self.warnings}
 
 
-def variant_reports(runs: Iterable[StoredRun], feedback: Mapping[str, float] | None = None,
+def variant_reports(runs: Iterable[StoredRun], feedback: Feedback | None = None,
                     pipeline: str | None = None, *, seed: int = 0) -> list[VariantReport]:
     """One report per pipeline (only `pipeline` if given) whose records took a variant."""
     arms: dict[str, dict[str, Arm]] = {}
@@ -164,7 +170,8 @@ def variant_reports(runs: Iterable[StoredRun], feedback: Mapping[str, float] | N
         for record in run.records:
             name = variant_of(record) or NO_VARIANT
             trace = record.get("trace_id")
-            score = (feedback or {}).get(trace) if isinstance(trace, str) else None
+            score = (feedback or {}).get((trace, record.get("tenant"))) \
+                if isinstance(trace, str) else None
             by_name.setdefault(name, Arm(name)).add(record, score)
     return [_report(name, found, seed) for name, found in sorted(arms.items())
             if set(found) - {NO_VARIANT}]

@@ -155,7 +155,7 @@ def _run(gateway: Gateway, served: Served, record: Any, hooks: RunHooks, audit: 
     """The idempotent unit of work: run once, audit, raise for a failed run, build the body."""
 
     async def produce() -> dict[str, Any]:
-        result = await gateway.run(served, record, hooks)
+        result = await gateway.run(served, record, hooks, audit.tenant)
         audit.result = result
         gateway.check(served, result)
         answer = body(result)

@@ -10,6 +10,8 @@ in a folder the run reader skips (its files have no run header):
      "tenant": "acme", "time": 1717000000.0}
 
 Only the score is kept, never free text: the store is for measurement, like the runs in it.
+A served run is stored with its tenant and a report joins a score to a run only when both
+name the same tenant, so a key of one tenant cannot move another tenant's figures.
 """
 
 from __future__ import annotations

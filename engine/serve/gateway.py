@@ -278,13 +278,17 @@ class Gateway:
         if problem is not None:
             raise ApiError(400, problem, code="invalid_input")
 
-    async def run(self, served: Served, record: Any, hooks: RunHooks) -> RunResult:
-        """Run a checked record and feed the observers."""
+    async def run(self, served: Served, record: Any, hooks: RunHooks,
+                  tenant: str | None) -> RunResult:
+        """Run a checked record and feed the observers. The stored run names its tenant, so
+        feedback is only ever joined to runs of the tenant that sent it."""
         result = await served.pipeline.run(record, hooks=hooks)
         self.metrics.observe(served.name, record, result)
         if self.store is not None:
-            extra = {"variant": served.variant} if served.variant else None
-            self.store.observe(served.home, record, result, extra=extra)
+            extra = {"variant": served.variant} if served.variant else {}
+            if tenant is not None:
+                extra["tenant"] = tenant
+            self.store.observe(served.home, record, result, extra=extra or None)
         canary = self.canaries.get(served.home)
         if canary is not None and served.variant is not None:
             canary.observe(served.variant, result)

@@ -127,7 +127,24 @@ def test_feedback_keeps_the_latest_score_per_answer(tmp_path: Path) -> None:
              {"kind": "feedback", "trace_id": "t2", "score": 0.5, "time": 3.0},
              {"kind": "other", "trace_id": "t3", "score": 1}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "{cut")
-    assert read_feedback(tmp_path) == {"t1": 1.0, "t2": 0.5}
+    assert read_feedback(tmp_path) == {("t1", None): 1.0, ("t2", None): 0.5}
+
+
+def test_feedback_counts_only_for_runs_of_the_tenant_that_sent_it(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.open_run("shop")
+    for i, variant in enumerate(("a", "b")):
+        store.observe("shop", None, routed(i, variant, seconds=0.1, status="ok", cost=0.0),
+                      extra={"tenant": "acme"})
+    store.close()
+    (tmp_path / "feedback").mkdir()
+    lines = [{"kind": "feedback", "trace_id": f"a{0:031x}", "score": 1, "tenant": "acme"},
+             {"kind": "feedback", "trace_id": f"b{1:031x}", "score": -1, "tenant": "rival"}]
+    (tmp_path / "feedback" / "x.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    [report] = variant_reports(read_runs(tmp_path), read_feedback(tmp_path / "feedback"))
+    a, b = (arm.shares()["positive feedback"] for arm in report.arms)
+    assert (a.hits, a.of) == (1, 1)
+    assert b.of == 0  # the rival's score for acme's answer is not joined
 
 
 # -- a weighted route records its variant -----------------------------------------------------

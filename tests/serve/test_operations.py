@@ -101,7 +101,8 @@ async def test_feedback_is_stored_for_the_report_to_join(serve: Serve, tmp_path:
     assert (line["trace_id"], line["score"], line["tenant"]) == (trace_id, 1, "acme")
     stored = [json.loads(x) for f in (tmp_path / "runs" / "echo").glob("*.jsonl")
               for x in f.read_text().splitlines()]
-    assert trace_id in {x.get("trace_id") for x in stored}
+    [run] = [x for x in stored if x.get("trace_id") == trace_id]
+    assert run["tenant"] == "acme"  # so the report joins feedback only within the tenant
 
 
 def test_a_broken_pipeline_stops_start_up_with_file_and_line(
