@@ -44,7 +44,8 @@ Sampling, per run (its stage and call spans follow it): a caller's traceparent d
 its sampled flag (`-00` records nothing), as the SDK's parent-based sampler does; else
 `sample` is the share of runs traced, by trace id, as the SDK's `TraceIdRatioBased`.
 
-Export: to the exporter passed; else OTLP over HTTP when an endpoint is given or the standard
+Export: to the exporter passed; else OTLP over HTTP (`engine.observe.otlp`: the SDK's
+exporter, with the protobuf written by hand) when an endpoint is given or the standard
 `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variable is set
 (`OTEL_SDK_DISABLED=true` turns it off); else nothing. The worker exports every `BATCH` runs,
 and at least every `DELAY_S`. At most `MAX_WAITING` runs wait: past that the oldest are
@@ -129,7 +130,7 @@ class Tracing:
                  otlp_endpoint: str | None = None, sample: float = 1.0) -> None:
         """`exporter`: where spans go instead of OTLP (it stays the caller's: flushed on
         `close`, not shut down). `sample`: the share of runs traced. A span costs ~2.5 µs of
-        CPU to build, ~11 more to encode for OTLP (bench/observe.py): a busy service samples."""
+        CPU to build, ~4 more to encode for OTLP (bench/observe.py): a busy service samples."""
         if exporter is not None and otlp_endpoint is not None:
             raise ValueError("give Tracing an exporter or an OTLP endpoint, not both")
         if not 0.0 <= sample <= 1.0:
@@ -399,11 +400,11 @@ def _endpoint(base: str) -> str:
 
 
 def _otlp_exporter(endpoint: str | None) -> SpanExporter:
-    """The OTLP/HTTP exporter; with no endpoint it reads the standard OTEL_* variables
-    (endpoint, headers, timeout, TLS)."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    """The OTLP/HTTP exporter (engine.observe.otlp); with no endpoint it reads the standard
+    OTEL_* variables (endpoint, headers, timeout, TLS)."""
+    from engine.observe.otlp import OTLPExporter
 
-    return OTLPSpanExporter(endpoint=endpoint)
+    return OTLPExporter(endpoint=endpoint)
 
 
 def _resource() -> Resource:
