@@ -1,1 +1,2 @@
-"""Response caching: exact and semantic lookups, memory and Redis stores, near-miss guards."""
+"""Response caching: exact and semantic lookups, memory and Redis stores, the canonical form a
+query is compared in, and the near-miss guards."""
