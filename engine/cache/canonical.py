@@ -28,19 +28,24 @@ __all__ = ["canonical", "warm_up"]
 
 _FLAGS = re.IGNORECASE
 _PLEASANTRIES = [(re.compile(pattern, _FLAGS), replacement) for pattern, replacement in (
+    # a greeting is a whole word ("History of my orders" keeps its "Hi")
     (r"^(?:(?:hi|hello|hey|hiya|greetings|dear \w+|good (?:morning|afternoon|evening|day))"
-     r"(?: there| team| all| folks| guys| support)?\s*[,!.:;-]*\s*)+", ""),
+     r"(?: there| team| all| folks| guys| support)?\b[,!.:;-]*\s*)+", ""),
     (r"\b(?:sorry to bother you|sorry for the trouble|i hope you(?:'re| are) (?:well|doing "
      r"well)|hope you(?:'re| are) (?:well|doing well))\s*[,.!]*\s*(?:but\s*)?", ""),
-    (r"[\s,.!-]*\b(?:(?:thanks|thank you|thx|ty|cheers|many thanks)(?: (?:so|very) much| a "
-     r"lot| in advance| again)?|(?:much )?appreciated)\s*[.!:)]*\s*$", ""),
+    # thanks only after the question's own punctuation ("a thank you card" keeps it)
+    (r"(?<=[?.!,;:])\s*(?:(?:thanks|thank you|thx|ty|cheers|many thanks)(?: (?:so|very) much| "
+     r"a lot| in advance| again| for your help)?|much appreciated)\s*[.!:)]*\s*$", ""),
+    (r"\s+(?:thx|tia)\s*[.!]*$", ""),
     (r"\b(?:please|pls|plz|kindly)\b\s*", ""),
-    (r"^[\s\W]+", ""),
+    # leading punctuation, but never a sign: "$50", "-5 degrees", "#4471" are kept
+    (r"^(?:[\s,.!?:;\u2013\u2014]|-(?!\d))+", ""),
     (r"^(?:(?:would|do) you )?mind (?:telling|showing) me\s*", ""),
     (r"^(?:i'd|i would|i will|i'll) (?:really )?appreciate (?:it )?if (?:you|someone) could "
-     r"(?:tell me|let me know|explain|show me)?\s*", ""),
+     r"(?:tell me|let me know)?\s*", ""),
+    # the frame goes, the verb stays: "can you check my order" -> "check my order"
     (r"^(?:(?:could|can|would|will) (?:you|someone|somebody|anyone)(?: please)?(?: (?:help "
-     r"me(?: to)?|let me know|tell me|explain|check|show me))?|would you mind)\s*", ""),
+     r"me(?: to)?(?! with\b)|let me know|tell me))?|would you mind)\s+", ""),
     (r"^(?:i was wondering if|i wonder if)\s*", ""),
     (r"\b(?:i'd|i would) (?:really )?(?:like|love|want|appreciate)\b", "I want"),
     (r"^(?:is|would) it (?:be )?possible (?:for me )?to\b", "can I"),
@@ -55,6 +60,16 @@ _SHORTHAND = {
     "arent": "are not",
 }
 _SUFFIXES = ("ly", "ness", "s", "es", "ed", "ing", "er", "ers", "able", "ment")
+# A known stem behind one of these is a word, not a typo: "unlist" is not "enlist", "unpair"
+# not "unfair", "preorder" not "reorder", "autopay" not "autopsy".
+_PREFIXES = ("un", "in", "im", "dis", "non", "de", "re", "pre", "mis", "co", "e", "auto",
+             "over", "under", "sub", "multi", "self", "sign", "log", "hot")
+# Support-desk words the frequency list lacks, which one edit would turn into another word.
+_DOMAIN = frozenset("""
+gmail hotmail outlook venmo paypal zelle klarna afterpay autopay esim eticket signin signup
+login logout hotspot wifi bluetooth airpods iphone ipad android firmware timesheet payslip
+paycheck prepaid postpaid voicemail chatbot captcha passcode passkey username offboard onboard
+""".split())
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _SPACES = re.compile(r"\s+")
 
@@ -81,8 +96,10 @@ def warm_up() -> None:
 
 def _known(word: str) -> bool:
     words = _speller().words
-    return word in words or any(word.endswith(suffix) and word[:-len(suffix)] in words
-                                for suffix in _SUFFIXES)
+    return word in words or word in _DOMAIN or any(
+        word.endswith(suffix) and word[:-len(suffix)] in words for suffix in _SUFFIXES) or any(
+        word.startswith(prefix) and len(word) - len(prefix) >= 3 and word[len(prefix):] in words
+        for prefix in _PREFIXES)
 
 
 @lru_cache(maxsize=65536)

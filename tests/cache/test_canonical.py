@@ -15,6 +15,9 @@ CHANGED = [
     ("Sorry to bother you, but my card was declined", "my card was declined"),
     ("— could you let me know your opening hours", "your opening hours"),
     ("Is it possible to get my money back?", "can I get my money back?"),
+    ("Can you check my order?", "check my order?"),  # the frame goes, the verb stays
+    ("Can you help me with my subscription", "help me with my subscription"),
+    ("where is my order thx", "where is my order"),
     ("I'd really appreciate it if you could tell me how to reset my password",
      "how to reset my password"),
     # chat shorthand and contractions without apostrophes
@@ -35,6 +38,14 @@ KEPT = [
     "Refund $25 for order 10442",              # numbers as written
     "Don't cancel my order",                   # negations as written
     "wifi down",                               # short words are never "corrected"
+    "History of my orders",                    # a greeting is a whole word
+    "Good days to ship?",
+    "$50 refund is missing",                   # a leading sign is part of the number
+    "-5 degrees",
+    "unlist my item",                          # prefix + known stem: a word, not a typo
+    "autopay failed on my venmo",              # support-desk words the list lacks
+    "How do I write a thank you",              # thanks only after the question's end
+    "Why has my stock not appreciated",
 ]
 
 
