@@ -65,11 +65,12 @@ _SUFFIXES = ("ly", "ness", "s", "es", "ed", "ing", "er", "ers", "able", "ment")
 _PREFIXES = ("un", "in", "im", "dis", "non", "de", "re", "pre", "mis", "co", "e", "auto",
              "over", "under", "sub", "multi", "self", "sign", "log", "hot")
 # Support-desk words the frequency list lacks, which one edit would turn into another word.
-_DOMAIN = frozenset("""
+_DOMAIN_WORDS = """
 gmail hotmail outlook venmo paypal zelle klarna afterpay autopay esim eticket signin signup
 login logout hotspot wifi bluetooth airpods iphone ipad android firmware timesheet payslip
 paycheck prepaid postpaid voicemail chatbot captcha passcode passkey username offboard onboard
-""".split())
+"""
+_DOMAIN = frozenset(_DOMAIN_WORDS.split())
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _SPACES = re.compile(r"\s+")
 

@@ -42,9 +42,9 @@ The rules know the words they list: a near-miss that turns on a word or a constr
 do not know ("report" vs "dispute" a reading, "rate my passenger" vs "rate my driver as a
 passenger", "transfer out of" vs "into") still gets through, and so does a swap of roles
 between two nouns ("can sellers rate buyers" / "can buyers rate sellers"): a word-order check
-caught those but refused 14 % of the dev split's paraphrases, so it is not here. A paraphrase that names another
-concept ("reset my password" / "forgot my password, set a new one") is refused: a model call,
-not a wrong answer.
+caught those but refused 14 % of the dev split's paraphrases, so it is not here. A
+paraphrase that names another concept ("reset my password" / "forgot my password, set a new
+one") is refused: a model call, not a wrong answer.
 """
 
 from __future__ import annotations
