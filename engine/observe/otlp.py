@@ -72,6 +72,8 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10" + (b"\x01" if value else b"\x00")
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} does not fit an int64")  # the SDK drops it, and says so
         return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
     if isinstance(value, float):
         return b"\x21" + struct.pack("<d", value)
@@ -96,11 +98,11 @@ _pairs, _names, _statuses = _Memo(), _Memo(), _Memo()
 
 
 def _attributes(number: int, attributes: Iterable[tuple[str, Any]]) -> bytes:
-    """`KeyValue` fields, each encoded once per (key, type, value): True is not 1."""
+    """`KeyValue` fields, each encoded once per (key, type, repr of the value): True is not
+    1, 1.0 is not 1, -0.0 is not 0.0, not even inside a list."""
     out = []
     for key, value in attributes:
-        memo_key = (number, key, type(value),
-                    tuple(value) if isinstance(value, list | tuple) else value)
+        memo_key = (number, key, type(value), repr(value))
         encoded = _pairs.get(memo_key)
         if encoded is None:
             encoded = _pairs.keep(memo_key, _field(
@@ -180,7 +182,9 @@ class OTLPExporter(OTLPSpanExporter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         client = getattr(self, "_client", None)
-        self._post: Callable[[bytes], Any] | None = getattr(client, "export", None)
+        fast = hasattr(self, "_metrics")  # the SDK's own export metrics, kept on the fast path
+        self._post: Callable[[bytes], Any] | None = getattr(client, "export", None) \
+            if fast else None
 
     @property
     def encodes(self) -> bool:
@@ -188,12 +192,20 @@ class OTLPExporter(OTLPSpanExporter):
         return self._post is not None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Post `encode(spans)`; what it does not write, a shut-down exporter and a request
+        over `max_request_size` go the SDK's way (its warning, its drop, its failure)."""
         if self._post is None or getattr(self, "_shutdown", False):
             return super().export(spans)
         try:
             body = encode(spans)
-        except (TypeError, ValueError):  # what `encode` does not write, the SDK does
+        except (TypeError, ValueError):
             return super().export(spans)
-        sent = self._post(body)  # the SDK's client: retries, logs, never raises
-        return SpanExportResult.SUCCESS if getattr(sent, "success", False) \
-            else SpanExportResult.FAILURE
+        limit = getattr(self, "_max_request_size", 0)
+        if limit and limit > 0 and len(body) > limit:
+            return super().export(spans)
+        with self._metrics.export_operation(len(spans)) as outcome:
+            sent = self._post(body)  # the SDK's client: compression, retries, logs
+            if not sent.success:
+                outcome.error = sent.error
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS

@@ -82,7 +82,7 @@ class GoldenFile(pytest.File):
         from engine.quality.judge import Judge
 
         concurrency = str(self.config.getini("golden_concurrency")).strip()
-        if not concurrency.isdigit() or int(concurrency) < 1:
+        if not concurrency.isdecimal() or int(concurrency) < 1:
             return (f"golden_concurrency = {concurrency!r} in the pytest ini options: expected "
                     "a whole number of cases in flight, at least 1")
         pipeline_file = self.dataset.pipeline or self._ini_pipeline()

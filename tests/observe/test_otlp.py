@@ -80,12 +80,24 @@ def test_other_resources_and_scopes_are_grouped_as_the_sdk_groups_them() -> None
     assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
 
 
+def test_the_memo_tells_values_apart_by_type() -> None:
+    """Equal values of other types (True == 1 == 1.0, -0.0 == 0.0) encode differently."""
+    context = SpanContext(5, 6, False, TraceFlags(1))
+    values = [(1, 0), (True, False), (1.0, 0.0), 1, True, 1.0, 0.0, -0.0, [1], ["1"]]
+    spans = [ReadableSpan("s", context, attributes={"k": value}, start_time=1, end_time=2)
+             for value in values]
+    assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
+
+
 def test_what_it_does_not_write_it_refuses() -> None:
     context = SpanContext(5, 6, False, TraceFlags(1))
     span = ReadableSpan("with event", context, events=[Event("e", {}, 1)], start_time=1,
                         end_time=2)
     with pytest.raises(ValueError, match="events, links or trace state"):
         encode([span])
+    too_big = ReadableSpan("big", context, attributes={"n": 2**64}, start_time=1, end_time=2)
+    with pytest.raises(ValueError, match="does not fit an int64"):
+        encode([too_big])
 
 
 class _Collector(BaseHTTPRequestHandler):
@@ -131,3 +143,12 @@ def test_tracing_posts_the_hand_written_request(
     assert sorted(span.name for span in spans) == sorted(span.name for span in built())
     assert {span.trace_id.hex() for span in spans if span.name == "run triage"} == {
         "1" * 32, "2" * 32, PARENT[3:35], "4" * 32}
+
+
+def test_a_request_over_max_request_size_is_dropped_as_the_sdk_drops_it(
+        collector: tuple[str, list[tuple[str, bytes]]]) -> None:
+    url, bodies = collector
+    exporter = OTLPExporter(endpoint=f"{url}/v1/traces", max_request_size=100)
+    assert exporter.export(built()).name == "FAILURE"
+    assert bodies == []
+    exporter.shutdown()
