@@ -3,6 +3,7 @@ models and resources, so the compiler's name checks can be exercised."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -18,6 +19,13 @@ from engine.template import TemplateStr
 
 pytest_plugins = ["redis_server", "resources_pool", "webhook_receiver"]  # a throwaway
 # redis-server; closing resources; a local webhook receiver
+
+
+# A shell that starts pytest in the background (`pytest &` without job control) starts it
+# with SIGINT ignored, and children inherit an ignored signal: the tests that press Ctrl-C
+# on `engine run` and `engine stub-provider` would then wait for an exit that never comes.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class LlmConfig(StageConfig):
