@@ -1,0 +1,86 @@
+"""`engine serve --workers 2`: two processes share the listening socket, each compiled the
+pipelines itself and answers, each keeps its own run-store file, and one signal to the
+command stops them all (the port is free again)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from serve_helpers import free_port
+
+PIPELINE = """\
+version: 1
+name: burn
+input:
+  schema: {type: object, required: [question], properties: {question: {type: string}}}
+stages:
+  burn:
+    type: template
+    with:
+      output: "{% for i in range(80) %}{% for j in range(1000) %}{% endfor %}{% endfor %}\
+{{ input.question }}"
+output:
+  reply: "{{ stages.burn.output }}"
+"""
+START_TIMEOUT = 60.0
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"engine serve --workers 2 not ready:\n{log.read_text()[-3000:]}")
+
+
+async def _ask_many(url: str, start: int, count: int) -> list[tuple[int, str]]:
+    """`count` requests at once, each on a connection of its own."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        answers = await asyncio.gather(*(
+            http.post("/v1/pipelines/burn/runs", json={"question": f"q{start + i}"})
+            for i in range(count)))
+    return [(answer.status_code, answer.json()["output"]["reply"]) for answer in answers]
+
+
+def _serving_files(store: Path) -> list[Path]:
+    """The run-store files that hold at least one run (line 1 is the header)."""
+    return [file for file in (store / "burn").glob("*.jsonl")
+            if len(file.read_text().splitlines()) > 1]
+
+
+def test_two_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "burn.yaml").write_text(PIPELINE)
+    port, store, log = free_port(), tmp_path / "runs", tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", str(tmp_path / "pipelines"), "--host",
+             "127.0.0.1", "--port", str(port), "--workers", "2", "--store", str(store)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_ready(url, process, log)
+        asked = 0
+        while len(_serving_files(store)) < 2 and asked < 320:  # until both have answered
+            answers = asyncio.run(_ask_many(url, asked, 16))
+            assert answers == [(200, f"q{asked + i}") for i in range(16)]
+            asked += 16
+        assert len(_serving_files(store)) == 2, log.read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    with socket.socket() as probe:  # no worker is left holding the port
+        probe.bind(("127.0.0.1", port))
