@@ -40,7 +40,7 @@ def serve(config: ServeConfig) -> int:
         config.check()
         if not config.files:
             raise ConfigError("no pipeline files: give files or a folder holding *.yaml")
-        gateway = Gateway.build(config)
+        gateway = Gateway.build(config, serving=config.workers == 1)
         if not gateway.keys and not config.no_auth and not _loopback(config.host):
             raise ConfigError(f"no API keys (--keys or $ENGINE_API_KEYS) while listening on "
                               f"{config.host}: anyone could call; add keys, or --no-auth")

@@ -51,9 +51,15 @@ class Request:
 
 
 class Auditor:
-    def __init__(self, directory: Path, *, content: bool, opt_out: Path | None) -> None:
+    def __init__(self, directory: Path, *, content: bool, opt_out: Path | None,
+                 claim: bool = True) -> None:
+        """`claim=False`: check the key and the folder only, claiming no chain — for the
+        parent of `--workers`, which serves nothing (each worker claims its own)."""
         self.log = AuditLog.from_env(directory, writer=writer_name(), content=content)
-        self.log.open()  # a bad key, folder or lock fails start-up, not every request
+        if claim:
+            self.log.open()  # a bad key, folder or lock fails start-up, not every request
+        else:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.opt_outs = OptOuts(opt_out) if opt_out is not None else None
         self._scanner: PiiScanner | None = None
 

@@ -152,7 +152,7 @@ def _timed_out(result: RunResult, stage: Any) -> bool:
 
 class Gateway:
     def __init__(self, config: ServeConfig, served: dict[str, Served], resources: Resources,
-                 keys: KeyRing) -> None:
+                 keys: KeyRing, *, serving: bool = True) -> None:
         self.config = config
         self.served = served
         self.resources = resources
@@ -166,8 +166,8 @@ class Gateway:
         self.store = RunStore(config.store) if config.store is not None else None
         self.feedback = FeedbackLog(config.store) if config.store is not None else None
         self.auditor = (Auditor(config.audit_dir, content=config.audit_content,
-                                opt_out=config.opt_out) if config.audit_dir is not None
-                        else None)
+                                opt_out=config.opt_out, claim=serving)
+                        if config.audit_dir is not None else None)
         self.shadows = {name: Shadow(name, served[entry.shadow.pipeline].pipeline, entry.shadow,
                                      resources.spawn, self.store)
                         for name, entry in config.pipelines.items() if entry.shadow}
@@ -180,9 +180,12 @@ class Gateway:
         self.ready = False
 
     @classmethod
-    def build(cls, config: ServeConfig) -> Gateway:
+    def build(cls, config: ServeConfig, *, serving: bool = True) -> Gateway:
+        """`serving=False`: a check of the settings that will serve nothing (the parent of
+        `--workers`): no audit chain is claimed for it."""
         resources = Resources(redis_url=config.redis)
-        return cls(config, compile_all(config, resources), resources, KeyRing.load(config.keys))
+        return cls(config, compile_all(config, resources), resources, KeyRing.load(config.keys),
+                   serving=serving)
 
     async def start(self) -> None:
         """Warm every stage up, then say ready: the first request pays no model load."""

@@ -13,6 +13,7 @@ monitoring.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -46,10 +47,12 @@ def uvicorn_config(config: ServeConfig, app: Any) -> HeaderTimeoutConfig:
 
 
 def run(config: ServeConfig, gateway: Gateway) -> None:
-    """Serve until interrupted; `gateway` (already compiled) serves when there is one worker."""
+    """Serve until interrupted; `gateway` (already compiled) serves when there is one worker.
+    With several it was the check of the settings: closed before the workers build their own."""
     if config.workers == 1:
         uvicorn.Server(uvicorn_config(config, create_app(gateway))).run()
         return
+    asyncio.run(gateway.close())
     os.environ[ENV_VAR] = config.model_dump_json()
     settings = uvicorn_config(config, "engine.serve.server:app_from_env")
     socket = settings.bind_socket()

@@ -1,6 +1,7 @@
 """`engine serve --workers 2`: two processes share the listening socket, each compiled the
-pipelines itself and answers, each keeps its own run-store file, and one signal to the
-command stops them all (the port is free again)."""
+pipelines itself and answers, each keeps its own run-store file and audit chain (the parent,
+which only checked the settings, claims none), and one signal to the command stops them all
+(the port is free again)."""
 
 from __future__ import annotations
 
@@ -65,11 +66,13 @@ def test_two_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "burn.yaml").write_text(PIPELINE)
     port, store, log = free_port(), tmp_path / "runs", tmp_path / "serve.log"
+    audit = tmp_path / "audit"
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "engine", "serve", str(tmp_path / "pipelines"), "--host",
-             "127.0.0.1", "--port", str(port), "--workers", "2", "--store", str(store)],
+             "127.0.0.1", "--port", str(port), "--workers", "2", "--store", str(store),
+             "--audit-dir", str(audit)],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_ready(url, process, log)
@@ -79,6 +82,9 @@ def test_two_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
             assert answers == [(200, f"q{asked + i}") for i in range(16)]
             asked += 16
         assert len(_serving_files(store)) == 2, log.read_text()[-3000:]
+        chains = sorted(path.name for path in audit.iterdir() if path.is_dir())
+        assert len(chains) == 2 and not any(name.endswith(f"-{process.pid}")
+                                            for name in chains), chains
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
