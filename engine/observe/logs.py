@@ -93,8 +93,25 @@ one is returned as is, so names and outcomes never load the scanner."""
 
 def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of secret-looking environment variables, longest first (so a secret that
-    contains another is replaced whole). Read at each line: a key set later still counts."""
-    env = os.environ if environ is None else environ
+    contains another is replaced whole). A key set later still counts: the process's
+    environment is compared with the one the list was made from at each call (its raw
+    items, ~2 µs), and read again (~45 µs) only when it changed."""
+    if environ is not None:
+        return _secrets_in(environ)
+    raw = getattr(os.environ, "_data", None)  # CPython's bytes mapping behind os.environ
+    if not isinstance(raw, dict):
+        return _secrets_in(os.environ)
+    snapshot = tuple(raw.items())
+    if snapshot != _env_cache[0]:
+        _env_cache[:] = [snapshot, _secrets_in(os.environ)]
+    return list(_env_cache[1])
+
+
+_env_cache: list[Any] = [None, []]
+"""(the raw environment last read, its secrets)."""
+
+
+def _secrets_in(env: Mapping[str, str]) -> list[str]:
     values = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET}
     return sorted(values, key=len, reverse=True)
 

@@ -223,3 +223,16 @@ def test_importing_the_logs_module_stays_light() -> None:
             "heavy = [m for m in sys.modules if m.startswith(('opentelemetry', 'presidio'))]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_secret_set_or_changed_later_is_still_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets list is kept between lines, and made again when the environment changes."""
+    first, second = f"zq{secrets.token_hex(10)}", f"zq{secrets.token_hex(10)}"
+    before = logs.env_secrets()
+    assert first not in before
+    monkeypatch.setenv("LATE_SERVICE_TOKEN", first)
+    assert scrub(f"token {first}") == "token [SECRET]"
+    monkeypatch.setenv("LATE_SERVICE_TOKEN", second)  # same length, same key: a new value
+    assert scrub(f"token {first} {second}") == f"token {first} [SECRET]"
+    monkeypatch.delenv("LATE_SERVICE_TOKEN")
+    assert logs.env_secrets() == before
