@@ -179,9 +179,10 @@ _REWRITES = [
     (re.compile(r"n't\b"), " not"),
     (re.compile(r"\b(?:(?:is|are|was|were|does|do|did) )?not (?:work|working|functioning)\b"),
      "broken"),
+    (re.compile(r"\b(two[- ]factor|2fa|mfa)\b"), "twofactor"),  # "no 2fa" is no number
+    (re.compile(r"\bcheck-?ins?\b"), "check in"),
     (re.compile(r"\bno\.?\s*(?=#?\d)|#(?=\w)"), " "),
     (re.compile(r"\bnon-?(?=[a-z])"), "not "),
-    (re.compile(r"\b(two[- ]factor|2fa|mfa)\b"), "twofactor"),  # before "2fa" is split
     (re.compile(r"\bhow 2\b"), "how to"),  # chat: "how 2 pay"
     (re.compile(r"([a-z])-(?=\d)"), r"\1 "),  # "CLM-20931" == "clm 20931"
     (re.compile(r"(\d)[.:](\d\d) ?(am|pm)\b"), r"\1:\2\3"),  # "10.30am" == "10:30 AM"
@@ -235,8 +236,10 @@ def _concept(word: str) -> str | None:
     only by its own name: "proper" is not "pro", nor "freedom" "free"."""
     if word in _WORDS:
         return _WORDS[word]
-    for candidate in (word[:-1], word[:-2], word[:-3], word[:-3] + "e"):
-        if candidate in _WORDS and (_WORDS[candidate] not in _TIERS or candidate + "s" == word):
+    for candidate in (word[:-1], word[:-2], word[:-3], word[:-3] + "e", word[:-3] + "y"):
+        if candidate in _WORDS and (_WORDS[candidate] not in _TIERS or
+                                    word in (candidate + "s", candidate + "es",
+                                             candidate[:-1] + "ies")):
             return _WORDS[candidate]
     return None
 
@@ -300,9 +303,10 @@ def _roles(lowered: str) -> frozenset[tuple[str, str]]:
 
 
 def _deixes(lowered: str) -> frozenset[tuple[str, str]]:
-    """(which, noun) for "this Saturday", "next month": past / previous / last are one."""
-    return frozenset((_SAME_TIME.get(which, which), noun)
-                     for which, noun in _DEIXIS.findall(lowered))
+    """(which, noun) for "this Saturday", "next month": past and previous are one, and last
+    is one with them for a time ("the last page" may be the final one, not the previous)."""
+    return frozenset((_SAME_TIME.get(which, which) if which != "last" or noun in _TIME_NOUNS
+                      else "final", noun) for which, noun in _DEIXIS.findall(lowered))
 
 
 def _persons(lowered: str) -> tuple[bool, bool]:
@@ -320,7 +324,11 @@ _RECIPIENT_VERBS = frozenset([
     "send", "sending", "sent", "email", "text", "call", "help", "helping", "mind", "remind",
     "get", "got", "for", "to"])
 _DEIXIS = re.compile(r"\b(this|next|last|previous|coming|following|past)\s+(\w+)")
-_SAME_TIME = {"previous": "last", "past": "last", "coming": "next", "following": "next"}
+_SAME_TIME = {"previous": "past", "last": "past", "coming": "next", "following": "next"}
+_TIME_NOUNS = frozenset((
+    "week", "weeks", "month", "months", "year", "years", "weekend", "night", "morning",
+    "evening", "quarter", "term", "semester", "season", "day", "days", "time", *_MONTHS,
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
 _NEGATING_PREFIXES = ("un", "in", "im", "ir", "il", "dis", "ab", "non", "non-", "mis")
 _OTHER_WAY = {"from": "to", "to": "from"}
 

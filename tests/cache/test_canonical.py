@@ -23,6 +23,7 @@ CHANGED = [
     # chat shorthand and contractions without apostrophes
     ("whats my acct pw", "what is my account password"),
     ("I cant log in", "I can not log in"),
+    ("I hadnt received a refund", "I had not received a refund"),
     ("change ship addr", "change ship address"),
     # one-edit typos of known words
     ("How do I reset my pasword?", "How do I reset my password?"),
@@ -46,6 +47,12 @@ KEPT = [
     "autopay failed on my venmo",              # support-desk words the list lacks
     "How do I write a thank you",              # thanks only after the question's end
     "Why has my stock not appreciated",
+    "Can I ship this to Tia",                  # "tia" (thanks in advance) only in lower case
+    ".5 GB",                                   # a point before a digit is part of it
+    "\u20135 degrees",                         # an en dash before a digit too
+    "Can anyone see my order history?",        # only "you" is a request frame
+    "my airtag and icloud backup",             # rare corrections are likelier names
+    "signins failing",                         # a listed word with a suffix
 ]
 
 

@@ -69,6 +69,9 @@ REFUSED = [
     ("unlist my item", "list my item", "negation"),
     ("I have 2 accounts, how do I merge them", "I have accounts, how do I merge them",
      "numbers"),
+    ("What time is checkin?", "What time is checkout?", "concepts"),
+    ("Go back to the last page", "Go back to the previous page", "time"),
+    ("I have no 2fa on my account", "I have 2fa on my account", "negation"),
 ]
 
 SERVED = [
@@ -100,6 +103,9 @@ SERVED = [
     ("How do I enable 2FA?", "How do I enable two-factor?"),
     ("Show my past orders", "Show my previous orders"),
     ("What is the proper setup?", "What is the setup?"),  # "proper" is no tier "pro"
+    ("Discounts for businesses?", "Discounts for business?"),  # a tier's plural is the tier
+    ("Plans for families", "Plans for family"),
+    ("Show last week's orders", "Show previous week's orders"),
 ]
 
 
