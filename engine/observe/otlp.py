@@ -32,6 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import SpanKind
 
 __all__ = ["OTLPExporter", "encode"]
@@ -207,5 +208,7 @@ class OTLPExporter(OTLPSpanExporter):
             sent = self._post(body)  # the SDK's client: compression, retries, logs
             if not sent.success:
                 outcome.error = sent.error
+                outcome.error_attrs = ({HTTP_RESPONSE_STATUS_CODE: sent.status_code}
+                                       if sent.status_code is not None else None)
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
