@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.audit import AuditEntry, AuditLog, OptOuts
+from engine.audit import AuditEntry, AuditError, AuditLog, OptOuts
 from engine.results import RunResult
 
 if TYPE_CHECKING:
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 __all__ = ["Auditor", "Request", "writer_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _check_writable(directory: Path) -> None:
+    """What claiming a chain would find wrong with the folder, without claiming one."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = directory / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AuditError(f"cannot write the audit folder {directory}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def writer_name() -> str:
@@ -59,7 +71,7 @@ class Auditor:
         if claim:
             self.log.open()  # a bad key, folder or lock fails start-up, not every request
         else:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_writable(directory)
         self.opt_outs = OptOuts(opt_out) if opt_out is not None else None
         self._scanner: PiiScanner | None = None
 

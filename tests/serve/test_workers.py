@@ -76,8 +76,8 @@ def test_two_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_ready(url, process, log)
-        asked = 0
-        while len(_serving_files(store)) < 2 and asked < 320:  # until both have answered
+        asked, deadline = 0, time.monotonic() + START_TIMEOUT
+        while len(_serving_files(store)) < 2 and time.monotonic() < deadline:  # both answer
             answers = asyncio.run(_ask_many(url, asked, 16))
             assert answers == [(200, f"q{asked + i}") for i in range(16)]
             asked += 16
@@ -90,3 +90,18 @@ def test_two_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
         process.wait(timeout=30)
     with socket.socket() as probe:  # no worker is left holding the port
         probe.bind(("127.0.0.1", port))
+
+
+def test_an_unwritable_audit_folder_stops_the_start_before_any_worker(tmp_path: Path) -> None:
+    """The parent claims no chain, but still finds what claiming one would: exit 2, one line."""
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "burn.yaml").write_text(PIPELINE)
+    not_a_folder = tmp_path / "audit"
+    not_a_folder.write_text("a file where the folder should be\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", str(tmp_path / "pipelines"), "--host",
+         "127.0.0.1", "--port", str(free_port()), "--workers", "2", "--audit-dir",
+         str(not_a_folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "error: cannot write the audit folder" in done.stderr
+    assert "Traceback" not in done.stderr
