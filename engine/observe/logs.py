@@ -102,8 +102,9 @@ def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     if not isinstance(raw, dict):
         return _secrets_in(os.environ)
     snapshot = tuple(raw.items())
-    if snapshot != _env_cache[0]:
-        _env_cache[:] = [snapshot, _secrets_in(os.environ)]
+    if snapshot != _env_cache[0]:  # the list is made from this very snapshot
+        decoded = {os.fsdecode(key): os.fsdecode(value) for key, value in snapshot}
+        _env_cache[:] = [snapshot, _secrets_in(decoded)]
     return list(_env_cache[1])
 
 
