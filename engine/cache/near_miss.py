@@ -217,7 +217,7 @@ class Features(NamedTuple):
     concepts: frozenset[str]
     entities: frozenset[str]
     roles: frozenset[tuple[str, str]]
-    persons: tuple[bool, bool]
+    persons: tuple[bool, bool, bool]
     words: frozenset[str]
     deixis: frozenset[tuple[str, str]]
 
@@ -309,15 +309,18 @@ def _deixes(lowered: str) -> frozenset[tuple[str, str]]:
                       else "final", noun) for which, noun in _DEIXIS.findall(lowered))
 
 
-def _persons(lowered: str) -> tuple[bool, bool]:
-    """Whether the asker is a subject ("I hit another car") and an object ("another car hit
+def _persons(lowered: str) -> tuple[bool, bool, bool]:
+    """Whether the asker is a subject ("I hit another car"), an object ("another car hit
     me") — except as the one told, shown or sent something, which paraphrases swap freely
-    ("give me a refund" / "can I get a refund")."""
+    ("give me a refund" / "can I get a refund") — and whether anyone else is asked about
+    ("can anyone see my orders?" is not "can I see my orders?")."""
     objects = (word for word in _ME.findall(lowered) if word not in _RECIPIENT_VERBS)
-    return bool(_I.search(lowered)), any(True for _ in objects)
+    return (bool(_I.search(lowered)), any(True for _ in objects),
+            bool(_OTHERS.search(lowered)))
 
 
 _I = re.compile(r"\bi\b")
+_OTHERS = re.compile(r"\b(?:anyone|anybody|everyone|everybody|others|other people)\b")
 _ME = re.compile(r"\b([a-z]+) me\b")
 _RECIPIENT_VERBS = frozenset([
     "tell", "telling", "told", "let", "show", "showing", "showed", "give", "giving", "gave",
@@ -376,6 +379,8 @@ def _direction(q: Features, c: Features) -> str | None:
 def _persons_swapped(q: Features, c: Features) -> str | None:
     if q.persons[1] != c.persons[1] and (q.persons[0] or c.persons[0]):
         return "who does what to whom differs (I ... / ... me)"
+    if q.persons[2] != c.persons[2]:
+        return "who is asked about differs (I / anyone)"
     return None
 
 

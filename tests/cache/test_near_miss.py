@@ -72,6 +72,7 @@ REFUSED = [
     ("What time is checkin?", "What time is checkout?", "concepts"),
     ("Go back to the last page", "Go back to the previous page", "time"),
     ("I have no 2fa on my account", "I have 2fa on my account", "negation"),
+    ("Can anyone see my order history?", "Can I see my order history?", "who is asked"),
 ]
 
 SERVED = [
