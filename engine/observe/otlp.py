@@ -11,8 +11,9 @@ and most of the same values (pipeline, stage, model, tier, outcome) run after ru
 compares them on every kind of span this engine exports). `OTLPExporter` is the SDK's
 `OTLPSpanExporter` — endpoint, headers, TLS, compression, timeout and retries from the
 standard `OTEL_EXPORTER_OTLP_*` variables — posting what `encode` wrote through the SDK's
-own HTTP client (`_client.export(bytes)`, private: an SDK without it gets the SDK's whole
-`export`, and a test checks the installed one takes the fast path).
+own HTTP client, under its export metrics and request-size limit. Those three are private
+attributes of the SDK's exporter (`_client`, `_metrics`, `_max_request_size`): an SDK without
+them gets the SDK's whole `export`, and a test checks the installed one takes the fast path.
 
 Measured (bench/observe.py and tests/observe/test_otlp.py's spans): ~4 µs a span against the
 SDK encoder's ~15.
