@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -368,36 +369,35 @@ def _count_of(actual: Any) -> int | None:
     return len(actual) if isinstance(actual, list | dict | str) else None
 
 
-def _min_count(actual: Any, least: int) -> str | None:
-    count = _count_of(actual)
-    if count is None:
-        return f"has no length: {short(actual)}"
-    return None if count >= least else f"has {count} ({_got(actual)})"
-
-
-def _max_count(actual: Any, most: int) -> str | None:
-    count = _count_of(actual)
-    if count is None:
-        return f"has no length: {short(actual)}"
-    return None if count <= most else f"has {count} ({_got(actual)})"
-
-
-def _bound(actual: Any) -> float | None:
+def _number_of(actual: Any) -> float | None:
     return None if isinstance(actual, bool) or not isinstance(actual, int | float) else actual
 
 
-def _min(actual: Any, least: float) -> str | None:
-    number = _bound(actual)
-    if number is None:
-        return f"not a number: {short(actual)}"
-    return None if number >= least else f"got {number:g}"
+def _bounded(measure: Callable[[Any], float | None], within: Callable[[float, float], bool],
+             missing: str, got: Callable[[Any, float], str]) -> Callable[[Any, Any], str | None]:
+    """A min/max check: `measure` the value (None: it has no such measure), compare it."""
+
+    def check(actual: Any, bound: float) -> str | None:
+        value = measure(actual)
+        if value is None:
+            return f"{missing}: {short(actual)}"
+        return None if within(value, bound) else got(actual, value)
+
+    return check
 
 
-def _max(actual: Any, most: float) -> str | None:
-    number = _bound(actual)
-    if number is None:
-        return f"not a number: {short(actual)}"
-    return None if number <= most else f"got {number:g}"
+def _counted(actual: Any, count: float) -> str:
+    return f"has {count:g} ({_got(actual)})"
+
+
+def _numbered(actual: Any, number: float) -> str:
+    return f"got {number:g}"
+
+
+_min_count = _bounded(_count_of, operator.ge, "has no length", _counted)
+_max_count = _bounded(_count_of, operator.le, "has no length", _counted)
+_min = _bounded(_number_of, operator.ge, "not a number", _numbered)
+_max = _bounded(_number_of, operator.le, "not a number", _numbered)
 
 
 _CHECKS: Mapping[str, Callable[[Any, Any], str | None]] = {
