@@ -101,15 +101,16 @@ def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     raw = getattr(os.environ, "_data", None)  # CPython's bytes mapping behind os.environ
     if not isinstance(raw, dict):
         return _secrets_in(os.environ)
+    global _env_cache
     snapshot = tuple(raw.items())
     if snapshot != _env_cache[0]:  # the list is made from this very snapshot
         decoded = {os.fsdecode(key): os.fsdecode(value) for key, value in snapshot}
-        _env_cache[:] = [snapshot, _secrets_in(decoded)]
+        _env_cache = (snapshot, _secrets_in(decoded))
     return list(_env_cache[1])
 
 
-_env_cache: list[Any] = [None, []]
-"""(the raw environment last read, its secrets)."""
+_env_cache: tuple[tuple[Any, ...] | None, list[str]] = (None, [])
+"""The raw environment last read, and its secrets: replaced whole, never half-updated."""
 
 
 def _secrets_in(env: Mapping[str, str]) -> list[str]:

@@ -57,11 +57,11 @@ def variant_of(record: Mapping[str, Any]) -> str | None:
     return taken[0][1] if taken else None
 
 
-Feedback = dict[tuple[str, str | None], float]
+Scores = dict[tuple[str, str | None], float]
 """(trace id, tenant) → the latest score that tenant gave the answer."""
 
 
-def read_feedback(folder: Path) -> Feedback:
+def read_feedback(folder: Path) -> Scores:
     """The latest score per answer and tenant, from `engine serve`'s feedback files in
     `folder` (`engine.serve.feedback` describes the lines); other lines are skipped. Keyed
     by tenant too: a score sent with another tenant's key never counts for a run."""
@@ -159,7 +159,7 @@ class VariantReport:
                 "verdicts": self.verdicts(), "warnings": self.warnings}
 
 
-def variant_reports(runs: Iterable[StoredRun], feedback: Feedback | None = None,
+def variant_reports(runs: Iterable[StoredRun], feedback: Scores | None = None,
                     pipeline: str | None = None, *, seed: int = 0) -> list[VariantReport]:
     """One report per pipeline (only `pipeline` if given) whose records took a variant."""
     arms: dict[str, dict[str, Arm]] = {}
