@@ -58,6 +58,7 @@ from typing import Any, NamedTuple, Protocol, TextIO
 
 from overhead import CHAIN, Runner, baseline, chain_yaml, compile_text
 from report import Row, print_table
+from request import pipeline_yaml
 
 from engine.compile import CompiledPipeline
 from engine.observe.metrics import Metrics
@@ -274,35 +275,6 @@ async def _measure(chain: CompiledPipeline, sink: TextIO, quick: bool) -> list[R
     return rows
 
 
-REQUEST = """\
-version: 1
-name: bench-observe-request
-models:
-  stub: {{model: openai/stub, api_base: "{base}", api_key: stub, timeout: 5s,
-         transport: direct}}
-resources:
-  responses: {{type: cache, backend: memory}}
-stages:
-  guard:
-    type: guard
-    with:
-      text: "{{{{ input.q }}}}"
-      max_tokens: {{limit: 2000, action: block}}
-      pii: {{action: pseudonymize}}
-      injection: {{action: block, threshold: 0.8}}
-  lookup:
-    type: cache
-    needs: [guard]
-    with: {{resource: responses, key: "{{{{ stages.guard.output.text }}}}", mode: exact,
-            control: no-store}}
-  answer:
-    type: generate
-    needs: [lookup]
-    with:
-      models: [stub]
-      messages: [{{role: user, content: "{{{{ stages.guard.output.text }}}}"}}]
-output: "{{{{ stages.answer.output.text }}}}"
-"""
 REQUEST_SPANS = 5
 """The run, its three stages and the model call."""
 
@@ -318,13 +290,15 @@ async def request_part(quick: bool) -> list[Row]:
 
     stub = StubProcess(StubConfig(seed=1))
     try:
-        pipeline = compile_pipeline(parse_spec(REQUEST.format(base=stub.base_url), "<bench>"),
+        text = pipeline_yaml(stub.base_url, name="bench-observe-request", control="no-store")
+        pipeline = compile_pipeline(parse_spec(text, "<bench>"),
                                     Registry.from_entry_points())
         await pipeline.warm_up()
         metrics, size = Metrics(), 100 if quick else 200
-        load = Workload([{"q": f"My invoice {i} shows a charge I do not recognise, "
+        load = Workload([{"question": f"My invoice {i} shows a charge I do not recognise, "
                                "please check it."} for i in range(size)],
-                        lambda got: isinstance(got, str) and got.startswith("echo:"),
+                        lambda got: isinstance(got, dict)
+                        and str(got.get("reply")).startswith("echo:"),
                         REQUEST_SPANS)
         variants = {"off": Variant(observed_runner(pipeline, []), []),
                     "metrics": Variant(observed_runner(pipeline, [metrics]), [metrics])}

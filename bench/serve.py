@@ -41,6 +41,7 @@ from pathlib import Path
 import aiohttp
 from fallback import StubProcess  # the sibling script: python puts bench/ on sys.path
 from report import Row, print_table
+from request import pipeline_yaml
 
 from engine.providers.stub_config import StubConfig
 from engine.serve.keys import hash_key
@@ -53,44 +54,6 @@ KEY = "sk-bench-0123456789abcdef"
 PIPELINE = "bench-serve"
 CACHE_ENTRIES = 1000  # the cache is full (and evicting) before RSS is first read
 TARGET_MS = 3.0  # p50 added latency at concurrency 1
-
-
-def pipeline_yaml(base_url: str) -> str:
-    return f"""\
-version: 1
-name: {PIPELINE}
-models:
-  tier: {{model: openai/fast, api_base: "{base_url}", api_key: stub, timeout: 5s,
-         transport: direct}}
-defaults: {{timeout: 10s, retry: {{attempts: 1}}}}
-resources:
-  responses: {{type: cache, backend: memory, max_entries: {CACHE_ENTRIES}}}
-input:
-  schema:
-    type: object
-    required: [question]
-    properties: {{question: {{type: string, minLength: 1}}, user_id: {{type: string}}}}
-stages:
-  guard:
-    type: guard
-    with:
-      text: "{{{{ input.question }}}}"
-      max_tokens: {{limit: 2000, action: block}}
-      pii: {{action: pseudonymize}}
-      injection: {{action: block}}
-  lookup:
-    type: cache
-    needs: [guard]
-    with: {{resource: responses, key: "{{{{ stages.guard.output.text }}}}"}}
-  answer:
-    type: generate
-    needs: [lookup]
-    with:
-      models: [tier]
-      messages: [{{role: user, content: "{{{{ stages.guard.output.text }}}}"}}]
-output:
-  reply: "{{{{ stages.answer.output.text }}}}"
-"""
 
 
 def question(n: int) -> str:
@@ -119,7 +82,8 @@ class ServeProcess:
 
     def __init__(self, base_url: str) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-        (self.folder / "pipeline.yaml").write_text(pipeline_yaml(base_url))
+        text = pipeline_yaml(base_url, name=PIPELINE, cache_entries=CACHE_ENTRIES)
+        (self.folder / "pipeline.yaml").write_text(text)
         (self.folder / "keys.yaml").write_text(
             f"keys:\n  - sha256: {hash_key(KEY)}\n    user: bench\n    tenant: bench\n")
         self.port = free_port()
