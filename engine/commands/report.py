@@ -36,14 +36,15 @@ def report(path: Path, pipeline: str | None, as_json: bool, html: Path | None,
     if not path.exists():
         err.print(f"error: no such file or folder: {path}", style="red", markup=False)
         return EXIT_BAD_SPEC
-    runs = list(read_runs(path))
+    # streamed, unless --by variant reads the runs a second time
+    runs = list(read_runs(path)) if by == "variant" else read_runs(path)
     reports = [r for r in build_reports(runs, pipeline) if r.records]
     if not reports:
         which = f" of pipeline {pipeline!r}" if pipeline else ""
         err.print(f"error: no stored records{which} under {path} (engine run stores them)",
                   style="red", markup=False)
         return EXIT_BAD_SPEC
-    variants = _variants(runs, path, pipeline, err) if by == "variant" else None
+    variants = _variants(list(runs), path, pipeline, err) if by == "variant" else None
     if by == "variant" and variants is None:
         return EXIT_BAD_SPEC
     if html is not None and not _write_html(reports, path, html, err):

@@ -23,7 +23,6 @@ Written `{path: output.category, equals: billing}`, or keyed by a subject field:
 
 from __future__ import annotations
 
-import difflib
 import json
 import operator
 import re
@@ -37,6 +36,7 @@ from engine.errors import Diagnostic
 from engine.results import RunResult
 from engine.spec.loader import SourceMap
 from engine.spec.types import parse_duration
+from engine.spec.validation import closest
 
 __all__ = [
     "MISSING",
@@ -264,8 +264,8 @@ def _owner(option: str) -> str:
 
 
 def _did_you_mean(word: str, choices: Any) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = closest(word, choices)
+    return f"did you mean '{close}'?" if close else None
 
 
 # -- checking --------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ all at once, with a did-you-mean for a misspelt key.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from engine.errors import Diagnostic, SpecError
 from engine.quality.assertions import Assertion, parse_expect, parse_path
 from engine.spec.loader import Document, SourceMap, load_file, load_text
+from engine.spec.validation import closest
 
 __all__ = ["Case", "Dataset", "load_dataset"]
 
@@ -150,10 +150,10 @@ def _unknown(data: dict[str, Any], at: Path_, known: Iterable[str],
     problems = []
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = closest(key, known)
             problems.append(source.diagnostic(
                 f"unknown key '{key}'", (*at, key), key=True,
-                hint=f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"))
+                hint=f"did you mean '{close}'?" if close else f"known: {', '.join(known)}"))
     return problems
 
 
