@@ -6,10 +6,12 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from engine.results import RunResult
+
+if TYPE_CHECKING:  # rich is imported when tables are drawn: serve workers import this module
+    from rich.table import Table  # (through quality.stats) and never draw one
 
 __all__ = ["Summary", "format_duration", "percentile"]
 
@@ -56,6 +58,8 @@ class Summary:
         return [self._records_table(), self._stages_table()]
 
     def _records_table(self) -> Table:
+        from rich.table import Table
+
         table = Table(title="records" + (" (interrupted)" if self.interrupted else ""))
         for column in ("records", "ok", "finished early", "errored", "p50", "p95", "p99"):
             table.add_column(column, justify="right")
@@ -67,6 +71,8 @@ class Summary:
         return table
 
     def _stages_table(self) -> Table:
+        from rich.table import Table
+
         table = Table(title="stages")
         table.add_column("stage")
         for column in ("ran", "skipped", "errors", "p50", "p95", "total"):
