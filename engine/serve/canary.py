@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.quality.stats import statistic
+from engine.observe.summary import percentile
 from engine.resources.budgets import post_alert
 from engine.serve.config import CanarySettings
 from engine.sticky import sticky_point
@@ -73,29 +73,38 @@ class _Sample:
 
 
 class Window:
-    """One version's last requests: failures, latency and cost."""
+    """One version's last requests: failures, latency and cost. Failures and cost are kept
+    as running sums (judged on every candidate request); p95 sorts the window's latencies."""
 
     def __init__(self, size: int) -> None:
         self.samples: deque[_Sample] = deque(maxlen=size)
+        self._failures = 0
+        self._cost = 0.0
 
     def add(self, result: RunResult) -> None:
-        cost = result.usage()[2]
-        self.samples.append(_Sample(not result.ok, result.duration, cost))
+        if len(self.samples) == self.samples.maxlen:  # the oldest is about to leave
+            oldest = self.samples[0]
+            self._failures -= oldest.failed
+            self._cost -= oldest.cost
+        sample = _Sample(not result.ok, result.duration, result.usage()[2])
+        self.samples.append(sample)
+        self._failures += sample.failed
+        self._cost += sample.cost
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def error_rate(self) -> float:
-        return sum(s.failed for s in self.samples) / len(self.samples) if self.samples else 0.0
+        return self._failures / len(self.samples) if self.samples else 0.0
 
     @property
     def p95(self) -> float:
-        return statistic([s.seconds for s in self.samples], "p95")
+        return percentile(sorted(s.seconds for s in self.samples), 95)
 
     @property
     def cost(self) -> float:
-        return statistic([s.cost for s in self.samples], "mean")
+        return self._cost / len(self.samples) if self.samples else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": len(self), "error_rate": self.error_rate, "p95_s": self.p95,
@@ -150,9 +159,10 @@ class Canary:
         if candidate.error_rate > stable.error_rate + bounds.error_rate:
             return (f"error rate {candidate.error_rate:.1%} > stable {stable.error_rate:.1%}"
                     f" + {bounds.error_rate:.1%}")
-        if candidate.p95 > stable.p95 * bounds.p95_ratio + bounds.p95_slack:
-            return (f"p95 latency {candidate.p95:.3f}s > {bounds.p95_ratio:g}x stable "
-                    f"{stable.p95:.3f}s + {bounds.p95_slack:g}s")
+        mine, theirs = candidate.p95, stable.p95  # each a sort: once
+        if mine > theirs * bounds.p95_ratio + bounds.p95_slack:
+            return (f"p95 latency {mine:.3f}s > {bounds.p95_ratio:g}x stable "
+                    f"{theirs:.3f}s + {bounds.p95_slack:g}s")
         if candidate.cost > stable.cost * bounds.cost_ratio:
             return (f"cost per request ${candidate.cost:.6f} > {bounds.cost_ratio:g}x stable "
                     f"${stable.cost:.6f}")
